@@ -1,0 +1,91 @@
+"""trackbridge: one callback stack for PyTorch Lightning runs.
+
+It keeps a durable local record of each run (``runs/<run-id>/``), mirrors it
+into MLflow, and streams it live over HTTP. ``import trackbridge`` is cheap:
+names that need Lightning, MLflow or Flask are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .config import TrackingConfig
+from .events import EventBroker, EventLog, EventType, mark_dead_runs
+from .record import (
+    InvalidRunIdError,
+    InvalidTransitionError,
+    RunDirectory,
+    RunExistsError,
+    RunNotFoundError,
+    RunStatus,
+    find_dead_runs,
+    new_run_id,
+    validate_run_id,
+)
+from .tasks import TASKS, TaskSpec, UnknownTaskError, get_task
+
+__version__ = "0.1.0"
+
+# name -> module that defines it, imported on first attribute access (PEP 562)
+_LAZY = {
+    "CallbackStack": "trackbridge.callbacks",
+    "JSONMetricLogger": "trackbridge.callbacks",
+    "RunStatusUpdater": "trackbridge.callbacks",
+    "SSENotifier": "trackbridge.callbacks",
+    "StepMetricsLogger": "trackbridge.callbacks",
+    "StopRequestWatcher": "trackbridge.callbacks",
+    "TrainingLogFile": "trackbridge.callbacks",
+    "build_callbacks": "trackbridge.callbacks",
+}
+
+__all__ = sorted(
+    [
+        "EventBroker",
+        "EventLog",
+        "EventType",
+        "InvalidRunIdError",
+        "InvalidTransitionError",
+        "RunDirectory",
+        "RunExistsError",
+        "RunNotFoundError",
+        "RunStatus",
+        "TASKS",
+        "TaskSpec",
+        "TrackingConfig",
+        "UnknownTaskError",
+        "__version__",
+        "find_dead_runs",
+        "get_task",
+        "mark_dead_runs",
+        "new_run_id",
+        "validate_run_id",
+        *_LAZY,
+    ]
+)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trackbridge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from .callbacks import (
+        CallbackStack,
+        JSONMetricLogger,
+        RunStatusUpdater,
+        SSENotifier,
+        StepMetricsLogger,
+        StopRequestWatcher,
+        TrainingLogFile,
+        build_callbacks,
+    )

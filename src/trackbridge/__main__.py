@@ -1,0 +1,5 @@
+"""``python -m trackbridge`` is the ``trackbridge`` command."""
+
+from .cli import main
+
+main()

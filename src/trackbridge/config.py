@@ -1,0 +1,104 @@
+"""TrackingConfig: the one frozen object that describes how a run is tracked."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from .record.ids import validate_run_id
+from .tasks import MODES, TaskSpec, get_task
+
+MIRROR_CHECKPOINTS = ("best_last", "none")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """How one training run is recorded, mirrored and streamed.
+
+    Only ``task`` is required. ``monitor`` and ``mode`` default to the task's
+    row of the table in DESIGN §3. ``tracking_uri`` is resolved when the run
+    starts (config, else ``MLFLOW_TRACKING_URI``, else the embedded SQLite
+    store under ``mlruns/``), never at import time.
+    """
+
+    task: str
+    run_id: str | None = None
+    runs_root: str | os.PathLike[str] = "runs"
+    early_stopping_patience: int = 10
+    monitor: str | None = None
+    mode: str | None = None
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    resume: bool = False
+    # MLflow mirror (DESIGN §6)
+    mlflow: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "trackbridge"
+    register_model: str | None = None
+    register_alias: str = "champion"
+    mirror_checkpoints: str = "best_last"
+    flush_timeout_s: float = 30.0
+    # Live progress
+    progress_interval_s: float = 1.0
+    heartbeat_interval_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        spec = get_task(self.task)
+        if self.run_id is not None:
+            validate_run_id(self.run_id)
+        if isinstance(self.early_stopping_patience, bool) or not isinstance(
+            self.early_stopping_patience, int
+        ):
+            raise ValueError(
+                f"`early_stopping_patience` must be an integer, got {self.early_stopping_patience!r}"
+            )
+        if self.early_stopping_patience < 0:
+            raise ValueError(
+                "`early_stopping_patience` must be 0 (off) or a positive number of epochs, "
+                f"got {self.early_stopping_patience}"
+            )
+        if self.mode is not None and self.mode not in MODES:
+            raise ValueError(f"`mode` can be {', '.join(MODES)}, got {self.mode!r}")
+        if self.mirror_checkpoints not in MIRROR_CHECKPOINTS:
+            raise ValueError(
+                f"`mirror_checkpoints` can be {', '.join(MIRROR_CHECKPOINTS)}, "
+                f"got {self.mirror_checkpoints!r}"
+            )
+        if self.flush_timeout_s < 0:
+            raise ValueError(f"`flush_timeout_s` must be >= 0, got {self.flush_timeout_s}")
+        if self.progress_interval_s <= 0 or self.heartbeat_interval_s <= 0:
+            raise ValueError("`progress_interval_s` and `heartbeat_interval_s` must be > 0")
+        if self.resume and self.run_id is None:
+            raise ValueError("`resume=True` needs the `run_id` of the run to resume")
+        # Freeze the mapping too: a frozen dataclass with a mutable dict inside is not frozen.
+        object.__setattr__(
+            self, "hyperparameters", MappingProxyType(dict(self.hyperparameters))
+        )
+
+    @property
+    def task_spec(self) -> TaskSpec:
+        return get_task(self.task)
+
+    @property
+    def resolved_monitor(self) -> str:
+        """The metric that picks best.ckpt: ``monitor`` or the task's default."""
+        return self.monitor or self.task_spec.monitor
+
+    @property
+    def resolved_mode(self) -> str:
+        return self.mode or self.task_spec.mode
+
+    @property
+    def runs_root_path(self) -> Path:
+        return Path(self.runs_root)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe copy, with monitor and mode resolved (stored in run.json)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["runs_root"] = str(self.runs_root)
+        data["hyperparameters"] = dict(self.hyperparameters)
+        data["monitor"] = self.resolved_monitor
+        data["mode"] = self.resolved_mode
+        return data

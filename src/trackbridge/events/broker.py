@@ -1,0 +1,94 @@
+"""In-process fan-out: every subscriber of a run gets every event, none can block the producer."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any
+
+
+class Subscription:
+    """One reader's bounded buffer of a run's events.
+
+    When the buffer is full the broker drops the event for this reader only
+    and sets :attr:`overflowed`; the reader then catches up from events.jsonl
+    (the durable log) after the last id it delivered, and calls :meth:`reset`.
+    """
+
+    def __init__(self, broker: "EventBroker", run_id: str, maxsize: int) -> None:
+        self.run_id = run_id
+        self.overflowed = False
+        self._broker = broker
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize)
+
+    def offer(self, event: dict[str, Any]) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.overflowed = True
+
+    def get(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next event, or None after ``timeout`` seconds without one."""
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def reset(self) -> None:
+        """Drop what is buffered and clear :attr:`overflowed` (before a catch-up read)."""
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self.overflowed = False
+
+    def close(self) -> None:
+        self._broker.unsubscribe(self)
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EventBroker:
+    """Publish/subscribe by run id, for servers that live in the training process."""
+
+    def __init__(self, maxsize: int = 256) -> None:
+        self.maxsize = maxsize
+        self._subscribers: dict[str, set[Subscription]] = {}
+        self._lock = threading.Lock()
+
+    def subscribe(self, run_id: str) -> Subscription:
+        subscription = Subscription(self, run_id, self.maxsize)
+        with self._lock:
+            self._subscribers.setdefault(run_id, set()).add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            subscribers = self._subscribers.get(subscription.run_id)
+            if subscribers is not None:
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del self._subscribers[subscription.run_id]
+
+    def has_subscribers(self, run_id: str) -> bool:
+        with self._lock:
+            return bool(self._subscribers.get(run_id))
+
+    def publish(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers.get(event.get("run_id") or "", ()))
+        for subscription in subscribers:
+            subscription.offer(event)
+
+
+_DEFAULT = EventBroker()
+
+
+def default_broker() -> EventBroker:
+    """The process's broker: the stack publishes to it, an in-process server reads it."""
+    return _DEFAULT
