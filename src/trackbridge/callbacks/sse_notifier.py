@@ -67,6 +67,7 @@ class SSENotifier(pl.Callback):
             start_epoch=trainer.current_epoch + 1,
             total_batches=_total_batches(trainer),
         )
+        self.emit(EventType.STATUS, status="running")
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         mark_epoch_start(trainer)
