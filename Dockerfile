@@ -26,7 +26,7 @@ WORKDIR /opt/trackbridge
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip install ".[team]" \
-    && python -c "import trackbridge, mlflow, psycopg2, boto3"
+    && python -c "import trackbridge, mlflow, psycopg, boto3"
 
 # Not root. /data/runs is where compose mounts the shared `runs` volume; made
 # here so that a new volume is created owned by this user.

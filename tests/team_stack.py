@@ -225,17 +225,18 @@ class PostgresCluster:
             "-w", "-t", "60", "start",
             "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off",
         )
-        import psycopg2
-
         # The image's POSTGRES_DB: created by its entrypoint there, by hand here.
-        conn = psycopg2.connect(
-            host="127.0.0.1", port=self.port, user=self.user, password=self.password, dbname="postgres"
-        )
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{self.database}"')
-        conn.close()
+        with self.connect("postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.database}"')
         return self
+
+    def connect(self, database: str | None = None, autocommit: bool = False):
+        import psycopg
+
+        return psycopg.connect(
+            host="127.0.0.1", port=self.port, user=self.user, password=self.password,
+            dbname=database or self.database, autocommit=autocommit,
+        )
 
     def stop(self) -> None:
         if self.root is None:
