@@ -20,9 +20,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import runs, train
+    from . import register, runs, sync, train
 
-    for module in (train, runs):
+    for module in (train, runs, sync, register):
         main.add_command(module.command)
 
 

@@ -1,0 +1,177 @@
+"""MLflowMirror: the run's record, params, tags, artifacts and status → MLflow, off the training thread.
+
+The callback only decides *when*: each hook hands an item to the run's
+:class:`~trackbridge.mirror.worker.MirrorWorker`, which owns every MLflow
+call. Training never waits on MLflow, and an MLflow outage never fails it;
+at train end the worker gets ``flush_timeout_s`` to deliver the rest, and
+whatever does not make it is left in run.json's cursor for ``trackbridge sync``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+
+from ..config import TrackingConfig
+from ..mirror.mapping import iso_to_ms, mlflow_status, run_params, run_tags
+from ..mirror.registry import class_path
+from ..mirror.uri import resolve_tracking_uri
+from ..mirror.worker import MirrorWorker, end_ms_now
+from ..record.jsonio import to_jsonable
+from ..record.run_dir import RunDirectory
+from ..record.status import RunStatus
+from .run_state import epoch_record, mark_epoch_start, run_outcome
+from .step_metrics import StepMetricsLogger
+
+FINAL_ARTIFACTS = ("metrics.json", "run.json", "logs/training.log")
+# How long a DDP rank zero waits in setup for the MLflow run id it broadcasts.
+DDP_RUN_ID_WAIT_S = 10.0
+
+
+class MLflowMirror(pl.Callback):
+    """Mirror the run of ``run_dir`` into MLflow as ``config`` says (DESIGN §6).
+
+    ``step_logger`` is the stack's steps.jsonl logger: each step line it
+    writes is mirrored too, at ``step = global step``. :attr:`mlflow_run_id`
+    is the MLflow run's id once known; in a DDP run every rank gets it from
+    rank zero in ``setup``, and only rank zero talks to MLflow.
+    """
+
+    def __init__(
+        self, config: TrackingConfig, run_dir: RunDirectory, step_logger: StepMetricsLogger | None = None
+    ) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.step_logger = step_logger
+        self.worker: MirrorWorker | None = None
+        self._broadcast_run_id: str | None = None
+        self._mtimes: dict[str, int | None] = {}
+
+    @property
+    def mlflow_run_id(self) -> str | None:
+        if self.worker is not None and self.worker.mlflow_run_id:
+            return self.worker.mlflow_run_id
+        return self._broadcast_run_id
+
+    @property
+    def tracking_uri(self) -> str | None:
+        return self.worker.tracking_uri if self.worker is not None else None
+
+    # -- lifecycle -------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if trainer.is_global_zero:
+            self.worker = self._make_worker(trainer, pl_module)
+            self.worker.start()
+            if self.step_logger is not None and self._on_step not in self.step_logger.listeners:
+                self.step_logger.listeners.append(self._on_step)
+        if trainer.world_size > 1:
+            # Every rank learns the run id; the wait is bounded and happens once, before training.
+            if self.worker is not None:
+                self.worker.ready.wait(DDP_RUN_ID_WAIT_S)
+            self._broadcast_run_id = trainer.strategy.broadcast(self.mlflow_run_id, src=0)
+
+    def _make_worker(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> MirrorWorker:
+        from .. import __version__
+
+        run = self.run_dir.read_run()
+        started = run.get("started_at") or run.get("created_at")
+        return MirrorWorker(
+            self.run_dir,
+            tracking_uri=resolve_tracking_uri(self.config.tracking_uri),
+            experiment=self.config.experiment,
+            params=run_params(run, _model_hparams(trainer, pl_module)),
+            tags=run_tags(run, __version__),
+            start_ms=iso_to_ms(started) if started else None,
+            resume=self.config.resume,
+            module_class=class_path(type(pl_module)),
+        )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.worker is None:
+            return
+        if self.config.resume:
+            # metrics.json and steps.jsonl are cut back to the checkpoint by now
+            self.worker.reconcile(trainer.current_epoch, trainer.global_step)
+        self._mtimes = {path: _mtime(self.run_dir.path / path) for path in self._checkpoint_paths()}
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        mark_epoch_start(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.worker is None:
+            return
+        self.worker.log_epoch(epoch_record(trainer))
+        self._upload_changed_checkpoints()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.worker is None:
+            return
+        status, _ = run_outcome(trainer)
+        self._finish(status, pl_module)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.worker is None:
+            return
+        status, _ = run_outcome(trainer, exception)
+        self._finish(status, pl_module)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.worker is not None and self.worker.alive:  # fit ended without on_train_end
+            self.worker.close(self.config.flush_timeout_s)
+        if self.step_logger is not None and self._on_step in self.step_logger.listeners:
+            self.step_logger.listeners.remove(self._on_step)
+
+    # -- what goes to the worker ---------------------------------------------
+    def _on_step(self, line: dict[str, Any]) -> None:
+        if self.worker is not None:
+            self.worker.log_step(line)
+
+    def _checkpoint_paths(self) -> list[str]:
+        if self.config.mirror_checkpoints == "none":
+            return []
+        return [_relative(self.run_dir, self.run_dir.best_ckpt), _relative(self.run_dir, self.run_dir.last_ckpt)]
+
+    def _upload_changed_checkpoints(self) -> None:
+        """Queue best/last.ckpt when they changed on disk (the worker uploads the newest)."""
+        for path in self._checkpoint_paths():
+            mtime = _mtime(self.run_dir.path / path)
+            if mtime is not None and mtime != self._mtimes.get(path):
+                self._mtimes[path] = mtime
+                self.worker.upload(path)  # type: ignore[union-attr]
+
+    def _finish(self, status: RunStatus, pl_module: pl.LightningModule) -> None:
+        worker = self.worker
+        assert worker is not None
+        self._upload_changed_checkpoints()
+        for path in FINAL_ARTIFACTS:
+            worker.upload(path)
+        worker.set_status(mlflow_status(status), end_ms_now())
+        if self.config.register_model and status is RunStatus.COMPLETED and self.run_dir.best_ckpt.is_file():
+            worker.register(self.config.register_model, self.config.register_alias, type(pl_module))
+        worker.close(self.config.flush_timeout_s)
+
+
+def _model_hparams(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+    """The model's and the datamodule's saved hyperparameters, as Lightning's loggers get them."""
+    merged: dict[str, Any] = {}
+    datamodule = getattr(trainer, "datamodule", None)
+    for source in (getattr(datamodule, "hparams", None), getattr(pl_module, "hparams", None)):
+        if source:
+            merged.update(to_jsonable(dict(source)))
+    return merged
+
+
+def _relative(run_dir: RunDirectory, path: Path) -> str:
+    return path.relative_to(run_dir.path).as_posix()
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None

@@ -1,0 +1,65 @@
+"""Comparing an MLflow run with the local record, read independently of trackbridge.mirror."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from trackbridge import RunDirectory
+
+
+def record_series(run_dir: RunDirectory) -> dict[str, list[tuple[int, float]]]:
+    """Every numeric, non-null key of metrics.json (step = epoch) and steps.jsonl (step = global step)."""
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for record in json.loads(run_dir.metrics_json.read_text())["epochs"]:
+        for key, value in record.items():
+            if key != "time" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                series[key].append((record["epoch"], float(value)))
+    if run_dir.steps_jsonl.exists():
+        for text in run_dir.steps_jsonl.read_text().splitlines():
+            line = json.loads(text)
+            for key, value in line.items():
+                if key not in ("step", "time") and isinstance(value, (int, float)):
+                    series[key].append((line["step"], float(value)))
+    return dict(series)
+
+
+def mlflow_series(client: MlflowClient, mlflow_run_id: str, keys) -> dict[str, list[tuple[int, float]]]:
+    return {key: [(m.step, m.value) for m in client.get_metric_history(mlflow_run_id, key)] for key in keys}
+
+
+def assert_history_equals_record(client: MlflowClient, run_dir: RunDirectory, mlflow_run_id: str | None = None) -> int:
+    """MLflow's history of every key equals the record (values and steps, no duplicates); returns the point count."""
+    mlflow_run_id = mlflow_run_id or run_dir.read_run()["mlflow"]["run_id"]
+    local = record_series(run_dir)
+    remote = mlflow_series(client, mlflow_run_id, local)
+    assert "train_loss_step" in local and "val_loss" in local  # both kinds of points are compared
+    for key, points in local.items():
+        assert sorted(remote[key]) == sorted(points), f"MLflow history of {key!r} differs from the record"
+        steps = [step for step, _ in remote[key]]
+        assert len(steps) == len(set(steps)), f"duplicate steps in MLflow's {key!r}"
+    extra = set(client.get_run(mlflow_run_id).data.metrics) - set(local)
+    assert not extra, f"MLflow has keys the record lacks: {extra}"
+    return sum(len(points) for points in remote.values())
+
+
+def total_points(client: MlflowClient, mlflow_run_id: str) -> int:
+    keys = client.get_run(mlflow_run_id).data.metrics
+    return sum(len(client.get_metric_history(mlflow_run_id, key)) for key in keys)
+
+
+def artifact_paths(client: MlflowClient, mlflow_run_id: str, folder: str | None = None) -> set[str]:
+    paths = set()
+    for info in client.list_artifacts(mlflow_run_id, folder):
+        if info.is_dir:
+            paths |= artifact_paths(client, mlflow_run_id, info.path)
+        else:
+            paths.add(info.path)
+    return paths
+
+
+def read_log(run_dir: RunDirectory) -> str:
+    return Path(run_dir.training_log).read_text()
