@@ -1,0 +1,366 @@
+"""``trackbridge demo``: train a few short runs, register the best classifier, serve it all on one port.
+
+The server starts first (``mlflow server --app-name trackbridge``: the MLflow
+UI, MLflow's REST API and the trackbridge dashboard + live API on one port),
+so the runs can be watched live while they train. The server runs in its own
+process group: Ctrl-C reaches only this process, which then stops the group
+and waits for it, leaving no stray process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..mirror.uri import UI_URL_ENV, default_tracking_uri
+from ..tasks import TASKS, is_better
+from .errors import usage_error
+from .options import resolve_runs_root, runs_root_option
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    task: str
+    seed: int = 0
+
+
+# Two classifiers (so the registry has a champion to pick) and two other tasks.
+DEFAULT_PLAN = (
+    DemoRun("classification", 0),
+    DemoRun("classification", 1),
+    DemoRun("regression", 0),
+    DemoRun("segmentation", 0),
+)
+DASHBOARD_PREFIX = "/trackbridge/"
+
+
+class DemoServer:
+    """``mlflow server --app-name trackbridge`` over the embedded store, in its own process group."""
+
+    def __init__(self, host: str, port: int, tracking_uri: str, mlruns: Path, runs_root: Path) -> None:
+        self.host = host
+        self.port = port
+        self.tracking_uri = tracking_uri
+        self.mlruns = mlruns
+        self.runs_root = runs_root
+        self.log_path = mlruns / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        # A server bound to every interface is still reached from here on loopback.
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return self.base_url + "/"
+
+    @property
+    def dashboard_url(self) -> str:
+        return self.base_url + DASHBOARD_PREFIX
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "mlflow", "server",
+            "--app-name", "trackbridge",
+            "--backend-store-uri", self.tracking_uri,
+            "--artifacts-destination", str(self.mlruns / "artifacts"),
+            "--host", self.host, "--port", str(self.port),
+            "--workers", "1",
+        ]
+
+    def start(self, timeout: float = 120.0) -> None:
+        env = dict(os.environ)
+        env.update(
+            # MLflow's job runner (extra processes) is not needed to browse runs.
+            MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+            TRACKBRIDGE_RUNS_ROOT=str(self.runs_root),
+        )
+        self.mlruns.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(), env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise click.ClickException(
+                    f"the server exited with code {self.proc.returncode} before answering; "
+                    f"its log is {self.log_path}:\n{_tail(self.log_path)}"
+                )
+            if _answers(self.base_url + "/health") and _answers(self.dashboard_url):
+                return
+            time.sleep(0.3)
+        raise click.ClickException(f"the server did not answer within {timeout:.0f} s; see {self.log_path}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the whole process group (server and workers), wait, SIGKILL what is left."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid  # start_new_session: the server leads its own group
+        _signal_group(pgid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(pgid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        # Workers can outlive the leader for a moment; none may outlive the demo.
+        deadline = time.monotonic() + timeout
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _group_alive(pgid):
+            _signal_group(pgid, signal.SIGKILL)
+        self.proc = None
+
+
+@click.command("demo")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True,
+              help="Port of the server (MLflow UI + dashboard).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; 0.0.0.0 exposes the server to the network.")
+@click.option("--epochs", type=click.IntRange(1, 100), default=4, show_default=True, help="Epochs per run.")
+@click.option("--task", "tasks", multiple=True, type=click.Choice(list(TASKS)), metavar="TASK",
+              help="Train only these tasks (repeatable), one run each. "
+                   "[default: classification twice (seeds 0, 1), regression, segmentation]")
+@runs_root_option
+@click.option("--model-name", default="demo-classifier", show_default=True,
+              help="Registered model name for the best classification run.")
+@click.option("--no-serve", is_flag=True, help="Train and register, then exit (no server).")
+@click.option("--no-train", is_flag=True, help="Only serve what the runs root and mlruns/ already hold.")
+def command(
+    port: int,
+    host: str,
+    epochs: int,
+    tasks: tuple[str, ...],
+    runs_root: str | None,
+    model_name: str,
+    no_serve: bool,
+    no_train: bool,
+) -> None:
+    """Train short demo runs, register the best classifier, serve the dashboard and the MLflow UI.
+
+    \b
+    1. starts `mlflow server --app-name trackbridge` on --port over the
+       embedded store (./mlruns/mlflow.db): the MLflow UI at /, the live
+       dashboard at /trackbridge/ -- open it to watch the runs train;
+    2. trains a few short runs of the reference models (MLflow mirror on);
+    3. registers the best classification run as --model-name (alias champion);
+    4. keeps serving until Ctrl-C, which stops everything it started.
+
+    \b
+    Examples:
+      trackbridge demo
+      trackbridge demo --port 8080 --epochs 2
+      trackbridge demo --no-serve --task classification   # train + register, then exit
+      trackbridge demo --no-train                         # serve earlier runs again
+    """
+    if no_serve and no_train:
+        raise usage_error("--no-serve and --no-train together leave nothing to do; drop one")
+    cwd = Path.cwd()
+    root = Path(resolve_runs_root(runs_root)).absolute()
+    mlruns = cwd / "mlruns"
+    tracking_uri = default_tracking_uri(cwd)
+    plan = tuple(DemoRun(task, tasks[:i].count(task)) for i, task in enumerate(tasks)) if tasks else DEFAULT_PLAN
+    server = None if no_serve else DemoServer(host, port, tracking_uri, mlruns, root)
+    if server is not None and not _port_free(host, port):
+        raise usage_error(f"port {port} on {host} is in use; pick another with --port")
+
+    # SIGTERM (a service manager, `kill`) takes the same clean way out as Ctrl-C; and Ctrl-C
+    # works even when a shell started us with SIGINT ignored (a background job).
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_keyboard_interrupt),
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+    }
+    done = False  # everything asked for is done: Ctrl-C is then the normal end
+    try:
+        click.echo(f"runs: {root}    MLflow store: {tracking_uri}")
+        if server is not None:
+            click.echo(f"starting the server (log: {server.log_path}) ...")
+            server.start()
+            _print_urls(server)
+            # Links in run.json point at this server's MLflow UI (DESIGN §6).
+            os.environ[UI_URL_ENV] = server.base_url
+        if not no_train:
+            finished = _train_all(plan, epochs, root, tracking_uri)
+            _register_best(finished, root, model_name, tracking_uri)
+        done = True
+        if server is not None:
+            click.echo("")
+            _print_urls(server)
+            click.echo("serving until Ctrl-C ...")
+            while server.alive():
+                time.sleep(0.5)
+            raise click.ClickException(f"the server exited unexpectedly; see {server.log_path}")
+    except (KeyboardInterrupt, _Interrupted):
+        click.echo("\nstopping ..." if done else "\ninterrupted; stopping ...", err=True)
+        if server is not None:
+            server.stop()
+            click.echo("server stopped", err=True)
+        if not done:
+            raise SystemExit(130) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if server is not None:
+            server.stop()
+
+
+class _Interrupted(Exception):
+    """Training ended by Ctrl-C (Lightning turns KeyboardInterrupt into SystemExit)."""
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _print_urls(server: DemoServer) -> None:
+    click.echo(f"  Dashboard:  {server.dashboard_url}")
+    click.echo(f"  MLflow UI:  {server.mlflow_url}")
+
+
+def _train_all(plan: tuple[DemoRun, ...], epochs: int, root: Path, tracking_uri: str) -> list[dict[str, Any]]:
+    """Train every run of ``plan`` in turn; returns the run.json of each finished run."""
+    import lightning.pytorch as pl
+
+    from ..callbacks.stack import build_callbacks
+    from ..config import TrackingConfig
+    from ..reference import build_reference
+
+    finished = []
+    show_bar = sys.stdout.isatty()
+    for index, item in enumerate(plan, start=1):
+        config = TrackingConfig(
+            task=item.task,
+            runs_root=root,
+            early_stopping_patience=0,
+            hyperparameters={"seed": item.seed, "max_epochs": epochs, "demo": True},
+            tracking_uri=tracking_uri,
+        )
+        stack = build_callbacks(config)
+        click.echo(f"[{index}/{len(plan)}] {item.task} (seed {item.seed}): run {stack.run_id}")
+        pl.seed_everything(item.seed, verbose=False)
+        module, data = build_reference(item.task, seed=item.seed)
+        trainer = pl.Trainer(
+            max_epochs=epochs,
+            callbacks=stack,
+            logger=False,
+            default_root_dir=stack.run_dir.path,
+            enable_model_summary=False,
+            enable_progress_bar=show_bar,
+            log_every_n_steps=5,
+            accelerator="cpu",
+            devices=1,
+        )
+        try:
+            trainer.fit(module, datamodule=data)
+        except SystemExit:
+            # Lightning's answer to Ctrl-C: the run is already recorded as stopped.
+            raise _Interrupted from None
+        except Exception as exc:  # one failed demo run should not hide the others
+            click.echo(f"      failed: {exc} (traceback in {stack.run_dir.training_log})", err=True)
+            continue
+        run = stack.run_dir.read_run()
+        click.echo(f"      {_summary(run)}")
+        if run.get("status") == "completed":
+            finished.append(run)
+    return finished
+
+
+def _summary(run: dict[str, Any]) -> str:
+    best = (
+        f"best {run['monitor']} {run['best_score']:.4f} at epoch {run['best_epoch']}"
+        if run.get("best_epoch") is not None and run.get("best_score") is not None
+        else "no best epoch"
+    )
+    return f"{run.get('status')}: {run.get('epochs_done')} epochs, {best}"
+
+
+def _register_best(finished: list[dict[str, Any]], root: Path, name: str, tracking_uri: str) -> None:
+    """Register the best completed classification run; the alias moves only if it beats the champion."""
+    best: dict[str, Any] | None = None
+    for run in finished:
+        if run.get("task") == "classification" and run.get("best_score") is not None:
+            if best is None or is_better(run["best_score"], best["best_score"], run.get("mode") or "max"):
+                best = run
+    if best is None:
+        click.echo("no completed classification run: nothing to register")
+        return
+    from ..mirror.registry import RegistrationError, register_run
+    from ..record.run_dir import RunDirectory
+
+    click.echo(
+        f"registering run {best['run_id']} ({best['monitor']} {best['best_score']:.4f}) "
+        f"as model {name!r} ..."
+    )
+    try:
+        version = register_run(RunDirectory(root, best["run_id"]), name, alias="champion", tracking_uri=tracking_uri)
+    except RegistrationError as exc:
+        click.echo(f"      not registered: {exc}", err=True)
+        return
+    if version["alias_moved"]:
+        held = f"now @{version['alias']}"
+    else:
+        held = f"@{version['alias']} stays on the better version {version['alias_version']}"
+    click.echo(f"      {name} version {version['version']} ({held}); load it with")
+    click.echo(f"      mlflow.pytorch.load_model('{version['alias_uri']}')")
+
+
+def _port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        # Like the server will: a port left in TIME_WAIT by an earlier run is free to use.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
