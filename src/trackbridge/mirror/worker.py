@@ -178,6 +178,7 @@ class MirrorWorker:
         # closing
         self._deadline: float | None = None
         self._close_failures = 0
+        self._close_tries = 2  # one try only when MLflow was already down as the flush began
         # cursor watermarks not yet written
         self._marks: dict[str, int] = {}
         self._marks_written_at = 0.0
@@ -251,11 +252,11 @@ class MirrorWorker:
             if self._abandoned:
                 return
             if self._deadline is not None:
-                if self._done() or time.monotonic() >= self._deadline or self._close_failures >= 2:
+                if self._done() or time.monotonic() >= self._deadline or self._close_failures >= self._close_tries:
                     self._finish()
                     return
                 self._attempt()
-                if self._close_failures:
+                if 0 < self._close_failures < self._close_tries:
                     time.sleep(min(0.5, max(0.0, self._deadline - time.monotonic())))
                 continue
             if self._due():
@@ -338,6 +339,7 @@ class MirrorWorker:
             self._reconcile = item
         elif isinstance(item, _Close):
             self._deadline = item.deadline
+            self._close_tries = 1 if self._down_since is not None else 2
             if self._waiting_for_reconcile():  # training ended before it started: nothing to replay
                 self._needs_reconcile = False
 
