@@ -20,9 +20,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import demo, register, runs, sync, train
+    from . import demo, register, runs, serve, sync, train
 
-    for module in (train, runs, demo, sync, register):
+    for module in (train, runs, serve, demo, sync, register):
         main.add_command(module.command)
 
 

@@ -1,18 +1,35 @@
-"""Events (DESIGN §4): their shapes, the durable events.jsonl log, and in-process fan-out."""
+"""Events (DESIGN §4): their shapes, the durable events.jsonl log, in-process fan-out, and sources."""
 
-from .broker import EventBroker, default_broker
+from .broker import EventBroker, Subscription, default_broker
 from .emitter import EventEmitter
+from .hub import EventHub
 from .lifecycle import mark_dead_runs
 from .log import EventLog, read_events
+from .sources import (
+    EventSource,
+    FileEventSource,
+    MlflowEventSource,
+    SourceUnavailableError,
+    find_mlflow_run,
+)
+from .stream import EventStream
 from .types import TERMINAL_EVENT_TYPES, EventType, terminal_event_type
 
 __all__ = [
     "TERMINAL_EVENT_TYPES",
     "EventBroker",
     "EventEmitter",
+    "EventHub",
     "EventLog",
+    "EventSource",
+    "EventStream",
     "EventType",
+    "FileEventSource",
+    "MlflowEventSource",
+    "SourceUnavailableError",
+    "Subscription",
     "default_broker",
+    "find_mlflow_run",
     "mark_dead_runs",
     "read_events",
     "terminal_event_type",

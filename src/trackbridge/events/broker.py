@@ -79,9 +79,10 @@ class EventBroker:
         with self._lock:
             return bool(self._subscribers.get(run_id))
 
-    def publish(self, event: dict[str, Any]) -> None:
+    def publish(self, event: dict[str, Any], run_id: str | None = None) -> None:
+        """Offer ``event`` to every subscriber of ``run_id`` (default: the event's ``run_id``)."""
         with self._lock:
-            subscribers = list(self._subscribers.get(event.get("run_id") or "", ()))
+            subscribers = list(self._subscribers.get(run_id or event.get("run_id") or "", ()))
         for subscription in subscribers:
             subscription.offer(event)
 

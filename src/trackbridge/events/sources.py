@@ -1,0 +1,337 @@
+"""Where a server reads a run's events: the run directory's events.jsonl, or the MLflow run.
+
+Both sources answer ``read(after_id)`` with the complete events whose id is
+greater than ``after_id``, in order, in the shapes of DESIGN §4. A server in
+another process on the same host tails the file; a server on another host
+(no shared disk) derives the same ``run_started`` / ``epoch_end`` / terminal
+events from the MLflow run, the tracking server being the shared store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..record.clock import iso
+from ..record.epoch import STEP_SUFFIX
+from ..record.ids import validate_run_id
+from ..record.run_dir import RunDirectory
+from ..record.status import RunStatus
+from .types import EventType, terminal_event_type
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+# The tag the MLflow mirror puts on each MLflow run: the trackbridge run id.
+RUN_ID_TAG = "trackbridge.run_id"
+# Optional tags the mirror may set; read when present.
+MAX_EPOCHS_TAG = "trackbridge.max_epochs"
+ERROR_TAG = "trackbridge.error"
+
+_STATUS_BY_MLFLOW = {
+    "FINISHED": RunStatus.COMPLETED,
+    "FAILED": RunStatus.FAILED,
+    "KILLED": RunStatus.STOPPED,
+}
+
+
+class SourceUnavailableError(OSError):
+    """Raised when a source cannot be read right now (e.g. the MLflow server is down)."""
+
+
+class EventSource(Protocol):
+    """A run's events, readable from any process."""
+
+    run_id: str
+    #: How often a watcher should look for new events, in seconds.
+    poll_interval_s: float
+
+    def read(self, after_id: int = 0) -> list[dict[str, Any]]:
+        """The complete events with ``id > after_id``, in id order."""
+        ...
+
+
+class FileEventSource:
+    """The events of a run directory's ``events.jsonl``, read incrementally.
+
+    The instance remembers how far it has read: a ``read(after_id)`` that
+    continues from the last one reads only the new bytes, and costs one
+    ``stat`` when nothing was appended, so a poll every 50 ms is cheap. A line
+    without its newline is being written: it is left for the next read. One
+    instance belongs to one thread.
+    """
+
+    def __init__(self, run_dir: RunDirectory, *, poll_interval_s: float = 0.05) -> None:
+        self.run_dir = run_dir
+        self.run_id = run_dir.run_id
+        self.path = run_dir.events_jsonl
+        self.poll_interval_s = poll_interval_s
+        self._offset = 0  # bytes of complete lines consumed
+        self._last_id = 0  # highest id among those lines
+        self._inode: int | None = None
+
+    def read(self, after_id: int = 0) -> list[dict[str, Any]]:
+        if after_id < self._last_id:  # the caller wants events already passed: start over
+            self._rewind()
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return []
+        if stat.st_ino != self._inode or stat.st_size < self._offset:
+            self._rewind()  # the log was replaced or cut: read it again from the top
+            self._inode = stat.st_ino
+        if stat.st_size == self._offset:
+            return []
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n")
+        if end < 0:
+            return []
+        self._offset += end + 1
+        events = []
+        for line in data[: end + 1].splitlines():
+            event = _parse_line(line)
+            if event is None:
+                continue
+            self._last_id = max(self._last_id, event["id"])
+            if event["id"] > after_id:
+                events.append(event)
+        return events
+
+    def _rewind(self) -> None:
+        self._offset = 0
+        self._last_id = 0
+
+
+def _parse_line(line: bytes) -> dict[str, Any] | None:
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        event = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if isinstance(event, dict) and isinstance(event.get("id"), int) and not isinstance(event["id"], bool):
+        return event
+    return None
+
+
+class MlflowEventSource:
+    """The events of a run derived from its MLflow run.
+
+    ``run_started`` (id 1), one ``epoch_end`` per step of the epoch metrics
+    (ids 2, 3, ...: the mirror logs each epoch record with ``step = epoch``),
+    and the terminal event of a finished MLflow status. The ids are derived,
+    so they differ from the file's when the file also holds ``progress`` or
+    ``checkpoint_saved`` events; types, epochs and metrics are the same.
+    ``*_step`` keys (the per-step curves) and the ``epoch`` key are not epoch
+    metrics. NaN stored in MLflow comes back as ``null``, as in the file.
+
+    Thread-safe and shared: a result is reused for ``min_refresh_s`` seconds,
+    and the metric histories are fetched again only when the run changed.
+    """
+
+    def __init__(
+        self,
+        client: "MlflowClient",
+        mlflow_run_id: str,
+        run_id: str,
+        *,
+        poll_interval_s: float = 2.0,
+        min_refresh_s: float = 0.5,
+    ) -> None:
+        self.client = client
+        self.mlflow_run_id = mlflow_run_id
+        self.run_id = validate_run_id(run_id)
+        self.poll_interval_s = poll_interval_s
+        self.min_refresh_s = min_refresh_s
+        self._lock = threading.Lock()
+        self._events: list[dict[str, Any]] = []
+        self._records: list[dict[str, Any]] = []
+        self._run: "Run | None" = None
+        self._signature: object = None
+        self._fetched_at = -math.inf
+
+    def read(self, after_id: int = 0) -> list[dict[str, Any]]:
+        return [event for event in self._refresh() if event["id"] > after_id]
+
+    def epoch_records(self) -> list[dict[str, Any]]:
+        """The epoch records (``{"epoch": k, <metric>: value, "time": ...}``), as in metrics.json."""
+        self._refresh()
+        return [dict(record) for record in self._records]
+
+    def run(self) -> "Run":
+        """The MLflow run as last fetched."""
+        self._refresh()
+        assert self._run is not None
+        return self._run
+
+    def _refresh(self) -> list[dict[str, Any]]:
+        with self._lock:
+            if time.monotonic() - self._fetched_at < self.min_refresh_s:
+                return self._events
+            run = self._fetch(self.client.get_run, self.mlflow_run_id)
+            signature = (
+                run.info.status,
+                run.info.end_time,
+                tuple(sorted(run.data.metrics.items(), key=lambda kv: kv[0])),
+            )
+            if signature != self._signature:
+                histories = {
+                    key: self._fetch(self.client.get_metric_history, self.mlflow_run_id, key)
+                    for key in sorted(run.data.metrics)
+                    if _is_epoch_metric(key)
+                }
+                self._records = _epoch_records(histories)
+                self._events = _derive_events(run, self._records, self.run_id)
+                self._signature = signature
+            self._run = run
+            self._fetched_at = time.monotonic()
+            return self._events
+
+    def _fetch(self, call: Any, *args: Any) -> Any:
+        # The one place this source talks to MLflow: any failure there (MlflowException,
+        # connection or database errors) means "not readable now", never a crash of the caller.
+        try:
+            return call(*args)
+        except Exception as exc:
+            raise SourceUnavailableError(
+                f"cannot read MLflow run {self.mlflow_run_id} of run {self.run_id!r}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+
+def _is_epoch_metric(key: str) -> bool:
+    return key != "epoch" and not key.endswith(STEP_SUFFIX)
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _ms_to_iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return iso(datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc))
+
+
+def _epoch_records(histories: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """One record per step >= 1 across the epoch metrics: ``{"epoch", <key>: value, ..., "time"}``."""
+    by_epoch: dict[int, dict[str, Any]] = {}
+    stamps: dict[int, int] = {}
+    for key, points in histories.items():
+        for point in sorted(points, key=lambda p: (p.step, p.timestamp)):
+            if point.step < 1:
+                continue
+            by_epoch.setdefault(point.step, {})[key] = _finite(float(point.value))
+            stamps[point.step] = max(stamps.get(point.step, 0), int(point.timestamp))
+    records = []
+    for epoch in sorted(by_epoch):
+        records.append({"epoch": epoch, **by_epoch[epoch], "time": _ms_to_iso(stamps[epoch])})
+    return records
+
+
+def _max_epochs(run: "Run") -> int | None:
+    candidates = [run.data.tags.get(MAX_EPOCHS_TAG)]
+    params = run.data.params
+    candidates.append(params.get("max_epochs"))
+    candidates += [v for k, v in sorted(params.items()) if k.rsplit(".", 1)[-1].rsplit("/", 1)[-1] == "max_epochs"]
+    for value in candidates:
+        try:
+            return int(float(value)) if value is not None else None
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _derive_events(run: "Run", records: list[dict[str, Any]], run_id: str) -> list[dict[str, Any]]:
+    max_epochs = _max_epochs(run)
+    events = [
+        {
+            "id": 1,
+            "type": EventType.RUN_STARTED.value,
+            "run_id": run_id,
+            "time": _ms_to_iso(run.info.start_time),
+            "max_epochs": max_epochs,
+            "start_epoch": 1,
+            "total_batches": None,
+        }
+    ]
+    for record in records:
+        metrics = {k: v for k, v in record.items() if k not in ("epoch", "time")}
+        events.append(
+            {
+                "id": len(events) + 1,
+                "type": EventType.EPOCH_END.value,
+                "run_id": run_id,
+                "time": record["time"],
+                "epoch": record["epoch"],
+                "max_epochs": max_epochs,
+                "metrics": metrics,
+            }
+        )
+    status = _STATUS_BY_MLFLOW.get(run.info.status)
+    if status is not None:
+        fields: dict[str, Any] = {"status": status.value}
+        if status is RunStatus.FAILED:
+            fields["error"] = run.data.tags.get(ERROR_TAG) or "the MLflow run ended as FAILED"
+        events.append(
+            {
+                "id": len(events) + 1,
+                "type": terminal_event_type(status).value,
+                "run_id": run_id,
+                "time": _ms_to_iso(run.info.end_time),
+                **fields,
+            }
+        )
+    return events
+
+
+def mlflow_run_status(run: "Run") -> str:
+    """The trackbridge status (DESIGN §2) of an MLflow run."""
+    status = _STATUS_BY_MLFLOW.get(run.info.status)
+    return status.value if status else RunStatus.RUNNING.value
+
+
+def find_mlflow_run(client: "MlflowClient", run_id: str) -> "Run | None":
+    """The newest MLflow run tagged ``trackbridge.run_id = run_id``, else named ``run_id``; None if none.
+
+    Raises :class:`SourceUnavailableError` when MLflow cannot be asked.
+    """
+    run_id = validate_run_id(run_id)  # the id goes into a filter string: only [A-Za-z0-9._-]
+    try:
+        experiment_ids = [e.experiment_id for e in _all_experiments(client)]
+        if not experiment_ids:
+            return None
+        for filter_string in (f"tags.`{RUN_ID_TAG}` = '{run_id}'", f"attributes.run_name = '{run_id}'"):
+            runs = client.search_runs(
+                experiment_ids, filter_string, max_results=1, order_by=["attributes.start_time DESC"]
+            )
+            if runs:
+                return runs[0]
+    except Exception as exc:  # MlflowException, connection errors
+        raise SourceUnavailableError(f"cannot search MLflow for run {run_id!r}: {type(exc).__name__}: {exc}") from exc
+    return None
+
+
+def _all_experiments(client: "MlflowClient") -> list[Any]:
+    experiments, token = [], None
+    while True:
+        page = client.search_experiments(max_results=1000, page_token=token)
+        experiments += list(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return experiments

@@ -1,0 +1,138 @@
+"""The event layer under the live API: the tailing file source, the hub, one reader's stream."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from trackbridge.events import EventEmitter, EventHub, EventLog, EventStream, FileEventSource
+from trackbridge.record import RunDirectory
+
+
+def _run(root: Path, run_id: str = "r1") -> tuple[RunDirectory, EventEmitter]:
+    run_dir = RunDirectory(root, run_id)
+    run_dir.create({"task": "regression"})
+    return run_dir, EventEmitter(EventLog(run_dir.events_jsonl), run_id)
+
+
+def _ids(events) -> list[int]:
+    return [e["id"] for e in events if e is not None]
+
+
+def test_file_source_reads_only_new_complete_lines(runs_root: Path) -> None:
+    run_dir, emitter = _run(runs_root)
+    source = FileEventSource(run_dir)
+    assert source.read() == []
+    emitter.emit("run_started", max_epochs=2)
+    emitter.emit("epoch_end", epoch=1, max_epochs=2, metrics={"val_loss": 1.0})
+    assert _ids(source.read()) == [1, 2]
+    assert source.read(2) == []
+    with open(run_dir.events_jsonl, "a") as fh:  # a writer caught mid-line
+        fh.write('{"id": 3, "type": "epoch_end"')
+    assert source.read(2) == []
+    with open(run_dir.events_jsonl, "a") as fh:
+        fh.write(', "run_id": "r1"}\n')
+    assert _ids(source.read(2)) == [3]
+    assert _ids(source.read(1)) == [2, 3]  # asking for older events reads from the top again
+
+
+def test_stream_replays_a_finished_run_and_ends(runs_root: Path) -> None:
+    run_dir, emitter = _run(runs_root)
+    for event_type in ("run_started", "epoch_end", "training_complete"):
+        emitter.emit(event_type)
+    hub = EventHub()
+    with EventStream(hub, "r1", lambda: FileEventSource(run_dir), 0, tick_s=0.1) as stream:
+        assert _ids(stream) == [1, 2, 3]
+    with EventStream(hub, "r1", lambda: FileEventSource(run_dir), 1, tick_s=0.1) as stream:
+        assert _ids(stream) == [2, 3]
+
+
+def test_stream_goes_on_after_a_terminal_event_when_the_run_was_resumed(runs_root: Path) -> None:
+    run_dir, emitter = _run(runs_root)
+    for event_type in ("run_started", "training_stopped", "run_started", "epoch_end"):
+        emitter.emit(event_type)
+    hub = EventHub()
+    stream = EventStream(hub, "r1", lambda: FileEventSource(run_dir, poll_interval_s=0.01), 0, tick_s=0.05)
+    got = [next(stream) for _ in range(4)]
+    assert _ids(got) == [1, 2, 3, 4]
+    emitter.emit("training_complete")
+    rest = list(stream)
+    assert _ids(rest) == [5] and rest[-1]["type"] == "training_complete"
+
+
+def test_hub_slow_reader_blocks_nobody_and_catches_up_from_the_log(runs_root: Path) -> None:
+    """A reader that stops reading overflows only its own buffer, then reads the gap from the file."""
+    run_dir, emitter = _run(runs_root)
+    from trackbridge.events import EventBroker
+
+    hub = EventHub(EventBroker(maxsize=8))
+    make = lambda: FileEventSource(run_dir, poll_interval_s=0.005)  # noqa: E731
+    slow = EventStream(hub, "r1", make, tick_s=0.05)
+    fast = EventStream(hub, "r1", make, tick_s=0.05)
+    fast_ids: list[int] = []
+
+    def read_fast() -> None:
+        for event in fast:
+            if event is not None:
+                fast_ids.append(event["id"])
+
+    reader = threading.Thread(target=read_fast)
+    reader.start()
+    started = time.monotonic()
+    emitter.emit("run_started")
+    for epoch in range(1, 101):  # 100 events while `slow` reads nothing: 12 times its buffer
+        emitter.emit("epoch_end", epoch=epoch)
+        time.sleep(0.001)
+    emitter.emit("training_complete")
+    produced_in = time.monotonic() - started
+    reader.join(timeout=10)
+    assert fast_ids == list(range(1, 103))
+    assert produced_in < 5  # the producer never waited on the stalled reader
+    assert hub.broker.has_subscribers("r1")  # the stalled reader is still subscribed...
+    assert _ids(slow) == list(range(1, 103))  # ...and gets everything once it reads again
+    slow.close()
+    fast.close()
+    deadline = time.monotonic() + 2
+    while hub.watched_runs() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert hub.watched_runs() == []  # the watcher stops once nobody reads the run
+
+
+def test_stream_yields_ticks_while_a_run_is_idle(runs_root: Path) -> None:
+    run_dir, emitter = _run(runs_root)
+    emitter.emit("run_started")
+    with EventStream(EventHub(), "r1", lambda: FileEventSource(run_dir), tick_s=0.05) as stream:
+        assert next(stream)["id"] == 1
+        assert next(stream) is None  # a heartbeat tick
+
+
+@pytest.mark.parametrize("after_id", [0, 2])
+def test_stream_from_inprocess_broker_drops_duplicates(runs_root: Path, after_id: int) -> None:
+    """In the training process the log publishes to the same broker the watcher feeds: no event twice."""
+    from trackbridge.events import EventBroker
+
+    broker = EventBroker()
+    run_dir = RunDirectory(runs_root, "r1")
+    run_dir.create({"task": "regression"})
+    emitter = EventEmitter(EventLog(run_dir.events_jsonl, broker=broker), "r1")
+    emitter.emit("run_started")
+    emitter.emit("epoch_end", epoch=1)
+    hub = EventHub(broker)
+    stream = EventStream(hub, "r1", lambda: FileEventSource(run_dir, poll_interval_s=0.01), after_id, tick_s=0.05)
+    emitter.emit("epoch_end", epoch=2)
+    emitter.emit("training_complete")
+    assert _ids(stream) == list(range(after_id + 1, 5))
+
+
+def test_stream_of_a_finished_run_ends_at_once_for_a_client_that_has_it_all(runs_root: Path) -> None:
+    run_dir, emitter = _run(runs_root)
+    for event_type in ("run_started", "epoch_end", "training_complete"):
+        emitter.emit(event_type)
+    started = time.monotonic()
+    for after_id in (3, 7):
+        with EventStream(EventHub(), "r1", lambda: FileEventSource(run_dir), after_id, tick_s=5) as stream:
+            assert list(stream) == []
+    assert time.monotonic() - started < 2
