@@ -1,0 +1,65 @@
+"""Classification: an MLP on scikit-learn's 8x8 digits, judged by validation accuracy."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import TensorDataset
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from .base import ReferenceModule
+from .data import ReferenceDataModule
+from .tabular import load_digits_split
+
+
+class DigitsClassifier(ReferenceModule):
+    """64 pixel features -> class logits. Logs ``val_accuracy`` (monitor) and ``val_f1``."""
+
+    def __init__(
+        self, in_features: int = 64, num_classes: int = 10, hidden: int = 32, lr: float = 3e-3
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+        )
+        # Macro averages, so a class the model ignores shows up in the score.
+        self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="macro")
+        self.val_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits, shape (batch, num_classes)."""
+        return self.net(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log_train_loss(loss)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_accuracy(logits, y)
+        self.val_f1(logits, y)
+        self.log_val("val_loss", F.cross_entropy(logits, y))
+        self.log_val("val_accuracy", self.val_accuracy)
+        self.log_val("val_f1", self.val_f1)
+
+
+def build(
+    *, seed: int = 0, steps_per_epoch: int | None = None, batch_size: int | None = None
+) -> tuple[DigitsClassifier, ReferenceDataModule]:
+    """The digits classifier and its data (80/20 split, batch 64 by default)."""
+    split = load_digits_split(seed)
+    data = ReferenceDataModule(
+        TensorDataset(split.x_train, split.y_train),
+        TensorDataset(split.x_val, split.y_val),
+        name="sklearn_digits",
+        batch_size=batch_size or 64,
+        val_batch_size=512,
+        seed=seed,
+        steps_per_epoch=steps_per_epoch,
+    )
+    return DigitsClassifier(in_features=split.x_train.shape[1]), data

@@ -1,0 +1,50 @@
+"""The two small data sets that scikit-learn ships inside its package: digits and diabetes.
+
+Nothing is downloaded; scikit-learn is imported only when a data set is actually built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .data import split_indices
+
+
+@dataclass(frozen=True)
+class TabularSplit:
+    """Features and targets of a seeded train/val split."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+
+def load_digits_split(seed: int, val_fraction: float = 0.2) -> TabularSplit:
+    """8x8 digit images as 64 features scaled to [0, 1]; labels 0-9 (1,797 samples)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.data, dtype=torch.float32) / 16.0
+    y = torch.as_tensor(bunch.target, dtype=torch.long)
+    train, val = split_indices(len(y), val_fraction, seed)
+    return TabularSplit(x[train], y[train], x[val], y[val])
+
+
+def load_diabetes_split(seed: int, val_fraction: float = 0.2) -> TabularSplit:
+    """Ten standardised features; target is disease progression, in its own units (442 samples).
+
+    Features are standardised with the training part's statistics only, so nothing leaks
+    from validation.
+    """
+    from sklearn.datasets import load_diabetes
+
+    bunch = load_diabetes()
+    x = torch.as_tensor(bunch.data, dtype=torch.float32)
+    y = torch.as_tensor(bunch.target, dtype=torch.float32)
+    train, val = split_indices(len(y), val_fraction, seed)
+    mean, std = x[train].mean(0), x[train].std(0)
+    x = (x - mean) / std
+    return TabularSplit(x[train], y[train], x[val], y[val])
