@@ -243,7 +243,8 @@ class PostgresCluster:
             return
         if (self.data_dir / "postmaster.pid").exists():
             subprocess.run(
-                [*self._as_user, str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
+                # immediate: the cluster is thrown away, nothing to flush
+                [*self._as_user, str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate", "-w", "stop"],
                 capture_output=True, timeout=60,
             )
         shutil.rmtree(self.root, ignore_errors=True)
