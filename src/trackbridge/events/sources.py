@@ -250,8 +250,10 @@ def _max_epochs(run: "Run") -> int | None:
     candidates.append(params.get("max_epochs"))
     candidates += [v for k, v in sorted(params.items()) if k.rsplit(".", 1)[-1].rsplit("/", 1)[-1] == "max_epochs"]
     for value in candidates:
+        if value is None:
+            continue
         try:
-            return int(float(value)) if value is not None else None
+            return int(float(value))
         except (TypeError, ValueError):
             continue
     return None

@@ -189,7 +189,8 @@ def create_blueprint(
         if not isinstance(alias, str) or not alias:
             raise ApiError(400, "`alias` must be a non-empty string")
         run_dir = _call(_local_or_404, catalog, run_id)
-        return json_response(_register(run_dir, body["name"], alias, settings.tracking_uri), 201)
+        # No tracking URI: the version goes to the MLflow the run is mirrored to (its run.json says which).
+        return json_response(_register(run_dir, body["name"], alias), 201)
 
     # -- live events -------------------------------------------------------------
     @bp.get(STREAM_PATH)
@@ -334,13 +335,13 @@ def _ws_message(catalog: RunCatalog, run_id: str, message: str | bytes) -> dict[
         return {"type": "error", "error": exc.message, "status": exc.status}
 
 
-def _register(run_dir: Any, name: str, alias: str, tracking_uri: str | None) -> dict[str, Any]:
+def _register(run_dir: Any, name: str, alias: str) -> dict[str, Any]:
     try:
         from ..mirror.registry import RegistrationError, register_run
     except ImportError as exc:
         raise ApiError(501, f"model registration is not available: {exc}") from None
     try:
-        return register_run(run_dir, name, alias=alias, tracking_uri=tracking_uri)
+        return register_run(run_dir, name, alias=alias)
     except RegistrationError as exc:
         raise ApiError(409, str(exc)) from None
     except ValueError as exc:

@@ -1,0 +1,151 @@
+"""The live API and MLflow: streams derived from an MLflow run, registering over HTTP, the server plugin."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import MlflowServer, run_cli
+from web_clients import ServeProcess, epoch_metrics, file_events, read_sse, read_ws
+
+pytestmark = pytest.mark.slow
+
+RUN_ID = "mirrored-1"
+LIFECYCLE = ("run_started", "epoch_end", "training_complete", "training_failed", "training_stopped")
+
+
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServer) -> Path:
+    """A finished regression run, mirrored into the session's MLflow server; returns its runs root."""
+    root = tmp_path_factory.mktemp("web-mlflow") / "runs"
+    result = run_cli(
+        "train", "--task", "regression", "--epochs", "2", "--run-id", RUN_ID, "--runs-root", str(root),
+        "--tracking-uri", mlflow_server.url, "--experiment", "web-tests", cwd=root.parent,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+def test_mlflow_source_derives_the_events_of_a_run_as_it_is_logged(mlflow_server: MlflowServer) -> None:
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from trackbridge.events import MlflowEventSource, find_mlflow_run
+
+    client = MlflowClient(mlflow_server.url)
+    experiment = client.get_experiment_by_name("web-source") or client.get_experiment(client.create_experiment("web-source"))
+    mlflow_run = client.create_run(experiment.experiment_id, run_name="src-1", tags={"trackbridge.run_id": "src-1"})
+    run_id = mlflow_run.info.run_id
+    client.log_param(run_id, "max_epochs", "3")
+    now = int(time.time() * 1000)
+
+    def log_epoch(epoch: int, **metrics: float) -> None:
+        points = [Metric(k, v, now + epoch, epoch) for k, v in metrics.items()]
+        points.append(Metric("epoch", epoch, now + epoch, epoch))
+        points.append(Metric("train_loss_step", 9.0, now + epoch, epoch * 10))  # a step curve, not an epoch metric
+        client.log_batch(run_id, metrics=points)
+
+    assert find_mlflow_run(client, "src-1").info.run_id == run_id
+    assert find_mlflow_run(client, "no-such-run") is None
+    source = MlflowEventSource(client, run_id, "src-1", min_refresh_s=0)
+    log_epoch(1, val_loss=1.5, lr=0.01)
+    events = source.read()
+    assert [e["type"] for e in events] == ["run_started", "epoch_end"]
+    assert events[0]["max_epochs"] == 3
+    assert events[1]["epoch"] == 1 and events[1]["metrics"] == {"val_loss": 1.5, "lr": 0.01}
+    log_epoch(2, val_loss=1.25, lr=float("nan"))
+    new = source.read(2)
+    assert [(e["id"], e["epoch"], e["metrics"]) for e in new] == [(3, 2, {"val_loss": 1.25, "lr": None})]
+    client.set_terminated(run_id, "KILLED")
+    assert [(e["id"], e["type"], e["status"]) for e in source.read(3)] == [(4, "training_stopped", "stopped")]
+    assert all(not math.isnan(v) for e in source.read() if e["type"] == "epoch_end" for v in e["metrics"].values() if v is not None)
+
+
+def test_mlflow_served_stream_matches_the_file_served_one(mirrored: Path, mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    """A server that cannot read the run directory serves the same run from MLflow alone."""
+    elsewhere = tmp_path / "empty-runs"  # another host: no shared disk
+    elsewhere.mkdir()
+    from_file = ServeProcess(mirrored, log=tmp_path / "file.log")
+    from_mlflow = ServeProcess(elsewhere, "--tracking-uri", mlflow_server.url, log=tmp_path / "mlflow.log")
+    try:
+        with httpx.Client() as client:
+            by_file = read_sse(client, f"{from_file.url}/api/training/{RUN_ID}/stream", timeout=60)
+            by_mlflow = read_sse(client, f"{from_mlflow.url}/api/training/{RUN_ID}/stream", timeout=60)
+            assert by_file.error is None and by_mlflow.error is None, (by_file.error, by_mlflow.error)
+            assert by_mlflow.closed_by_server
+            run = client.get(f"{from_mlflow.url}/api/runs/{RUN_ID}").json()
+            metrics = client.get(f"{from_mlflow.url}/api/runs/{RUN_ID}/metrics").json()
+            assert client.get(f"{from_mlflow.url}/api/runs/not-anywhere").status_code == 404
+    finally:
+        from_file.stop()
+        from_mlflow.stop()
+
+    def lifecycle(events: list[dict]) -> list[tuple]:
+        return [
+            (e["type"], e.get("epoch"), e.get("max_epochs"), e.get("metrics"), e.get("status"))
+            for e in events if e["type"] in LIFECYCLE
+        ]
+
+    assert by_file.events == file_events(mirrored, RUN_ID)
+    assert lifecycle(by_mlflow.events) == lifecycle(by_file.events)
+    assert [e["metrics"] for e in by_mlflow.events if e["type"] == "epoch_end"] == epoch_metrics(mirrored, RUN_ID)
+    assert by_mlflow.ids == list(range(1, len(by_mlflow.ids) + 1))
+    local = json.loads((mirrored / RUN_ID / "run.json").read_text())
+    assert run["status"] == "completed" and run["mlflow_url"] == local["mlflow"]["url"]
+    assert [{k: v for k, v in r.items() if k != "time"} for r in metrics["epochs"]] == [
+        {k: v for k, v in r.items() if k != "time"} for r in json.loads((mirrored / RUN_ID / "metrics.json").read_text())["epochs"]
+    ]
+
+
+def test_mlflow_register_over_http_makes_a_model_version(mirrored: Path, mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    server = ServeProcess(mirrored, log=tmp_path / "serve.log")
+    try:
+        response = httpx.post(
+            f"{server.url}/api/runs/{RUN_ID}/register", json={"name": "web-registered", "alias": "champion"}, timeout=180
+        )
+        assert response.status_code == 201, response.text
+        again = httpx.post(f"{server.url}/api/runs/{RUN_ID}/register", json={}, timeout=30)
+        assert again.status_code == 400
+    finally:
+        server.stop()
+    version = MlflowClient(mlflow_server.url).get_model_version_by_alias("web-registered", "champion")
+    assert version.version == str(response.json()["version"])
+    assert version.tags.get("trackbridge.run_id") == RUN_ID
+
+
+@pytest.mark.parametrize("mode", ["uvicorn", "gunicorn-gthread"])
+def test_mlflow_server_plugin_serves_health_rest_and_the_stream_on_one_port(
+    mirrored: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    monkeypatch.setenv("TRACKBRIDGE_RUNS_ROOT", str(mirrored))
+    extra = ("--app-name", "trackbridge")
+    if mode == "gunicorn-gthread":
+        extra += ("--gunicorn-opts", "--worker-class gthread --threads 32")
+    server = MlflowServer(tmp_path / "mlflow", extra_args=extra).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            assert client.get("/health").status_code == 200
+            search = client.post("/api/2.0/mlflow/experiments/search", json={"max_results": 10})
+            assert search.status_code == 200 and "experiments" in search.json()
+            runs = client.get("/api/runs").json()["runs"]
+            assert [r["run_id"] for r in runs] == [RUN_ID] and runs[0]["mlflow_url"]
+            stream = read_sse(client, f"{server.url}/api/training/{RUN_ID}/stream", timeout=60)
+            assert stream.error is None and stream.events == file_events(mirrored, RUN_ID)
+            bad = client.get("/api/training/%2e%2e/stream")
+            assert bad.status_code == 400 and bad.json()["error"]
+            assert client.get("/api/runs/nope/metrics").status_code == 404
+        ws_url = server.url.replace("http", "ws") + f"/api/training/{RUN_ID}/ws"
+        if mode == "gunicorn-gthread":
+            events, _ = read_ws(ws_url, timeout=60)
+            assert events == file_events(mirrored, RUN_ID)
+    finally:
+        server.stop()
+    assert "Traceback" not in (tmp_path / "mlflow" / "server.log").read_text()
