@@ -316,3 +316,13 @@ def test_team_both_uis_answer_on_the_one_port(team: Team, trained: dict) -> None
         assert run.status_code == 200
         mlflow_run_id = json.loads((trained["run_dir"] / "run.json").read_text())["mlflow"]["run_id"]
         assert mlflow_run_id in json.dumps(run.json())
+
+
+def test_team_server_answers_the_host_name_trainings_use(team: Team) -> None:
+    """MLflow refuses unknown Host headers (DNS rebinding guard); compose allows `mlflow:5000`."""
+    import httpx
+
+    path = "/api/2.0/mlflow/experiments/search?max_results=1"
+    with httpx.Client(base_url=team.url, timeout=30) as client:
+        assert client.get(path, headers={"Host": "mlflow:5000"}).status_code == 200
+        assert client.get(path, headers={"Host": "rebind.example.com"}).status_code in (400, 403)
