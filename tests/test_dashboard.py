@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -192,15 +193,19 @@ def _stop_process(proc: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_dashboard_follows_a_live_run_and_stops_it_in_chromium(tmp_path: Path, mlflow_server) -> None:
-    """A training process, `trackbridge serve`, Chromium: live points, Stop, MLflow link."""
+    """A training process, `trackbridge serve` with a token, Chromium: live points, Stop, MLflow link.
+
+    The token is in the page's URL only: every API call and the SSE stream must carry it on.
+    """
     runs_root = tmp_path / "runs"
     run_id = "live-1"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    token = "t0ken"
     serve_log = open(tmp_path / "serve.log", "wb")
     serve = subprocess.Popen(
         [sys.executable, "-m", "trackbridge", "serve", "--port", str(port), "--runs-root", str(runs_root)],
-        stdout=serve_log, stderr=subprocess.STDOUT,
+        stdout=serve_log, stderr=subprocess.STDOUT, env={**os.environ, "TRACKBRIDGE_TOKEN": token},
     )
     train_log = open(tmp_path / "train.log", "wb")
     train = subprocess.Popen(
@@ -210,10 +215,10 @@ def test_dashboard_follows_a_live_run_and_stops_it_in_chromium(tmp_path: Path, m
     )
     run_json = runs_root / run_id / "run.json"
     try:
-        wait_for_http(f"{base}/health", timeout=60, proc=serve)
+        wait_for_http(f"{base}/health?token={token}", timeout=60, proc=serve)
         _wait(lambda: _read_json(run_json).get("status") == "running", 90, "the training to start")
         with chromium() as browser:
-            page = open_page(browser, f"{base}/runs/{run_id}", viewport={"width": 1280, "height": 820})
+            page = open_page(browser, f"{base}/runs/{run_id}?token={token}", viewport={"width": 1280, "height": 820})
             page.evaluate("window.__sameDocument = true")  # gone if the page reloads
             page.wait_for_function("() => document.querySelector('#chart-loss').dataset.points >= 1", timeout=30_000)
             first = _points(page)
@@ -247,9 +252,9 @@ def test_dashboard_follows_a_live_run_and_stops_it_in_chromium(tmp_path: Path, m
             page.screenshot(path=str(ARTIFACTS / "dashboard-run-phone.png"), full_page=True)
 
             # The runs list: the run, a link to its page, and a link to its MLflow run.
-            runs_page = open_page(browser, f"{base}/", viewport={"width": 1280, "height": 600})
+            runs_page = open_page(browser, f"{base}/?token={token}", viewport={"width": 1280, "height": 600})
             row = runs_page.wait_for_selector(f"tr[data-run-id='{run_id}'][data-status='stopped']", timeout=15_000)
-            assert row.query_selector("a.run-link").get_attribute("href") == f"./runs/{run_id}"
+            assert row.query_selector("a.run-link").get_attribute("href") == f"./runs/{run_id}?token={token}"
             mlflow_link = row.query_selector("a.mlflow-link").get_attribute("href")
             assert mlflow_link == run["mlflow"]["url"]
             assert mlflow_link.startswith(mlflow_server.url + "/#/experiments/")

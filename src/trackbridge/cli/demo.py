@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,17 +44,21 @@ DEFAULT_PLAN = (
     DemoRun("segmentation", 0),
 )
 DASHBOARD_PREFIX = "/trackbridge/"
+GRACEFUL_SHUTDOWN_S = 3
 
 
 class DemoServer:
     """``mlflow server --app-name trackbridge`` over the embedded store, in its own process group."""
 
-    def __init__(self, host: str, port: int, tracking_uri: str, mlruns: Path, runs_root: Path) -> None:
+    def __init__(
+        self, host: str, port: int, tracking_uri: str, mlruns: Path, runs_root: Path, token: str | None = None
+    ) -> None:
         self.host = host
         self.port = port
         self.tracking_uri = tracking_uri
         self.mlruns = mlruns
         self.runs_root = runs_root
+        self.token = token
         self.log_path = mlruns / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -70,7 +75,8 @@ class DemoServer:
 
     @property
     def dashboard_url(self) -> str:
-        return self.base_url + DASHBOARD_PREFIX
+        query = f"?{urllib.parse.urlencode({'token': self.token})}" if self.token else ""
+        return self.base_url + DASHBOARD_PREFIX + query
 
     def command(self) -> list[str]:
         return [
@@ -80,10 +86,15 @@ class DemoServer:
             "--artifacts-destination", str(self.mlruns / "artifacts"),
             "--host", self.host, "--port", str(self.port),
             "--workers", "1",
+            # uvicorn otherwise waits for every open live stream to end before it exits.
+            "--uvicorn-opts", f"--timeout-graceful-shutdown {GRACEFUL_SHUTDOWN_S}",
         ]
 
     def start(self, timeout: float = 120.0) -> None:
         env = dict(os.environ)
+        # The plugin falls back to MLFLOW_TRACKING_URI for runs it cannot read from disk;
+        # the demo's runs are all here, and its store is the server's own.
+        env.pop("MLFLOW_TRACKING_URI", None)
         env.update(
             # MLflow's job runner (extra processes) is not needed to browse runs.
             MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
@@ -171,6 +182,8 @@ def command(
       trackbridge demo --no-serve --task classification   # train + register, then exit
       trackbridge demo --no-train                         # serve earlier runs again
     """
+    from ..web.settings import TOKEN_ENV  # imports Flask: only when the command runs
+
     if no_serve and no_train:
         raise usage_error("--no-serve and --no-train together leave nothing to do; drop one")
     cwd = Path.cwd()
@@ -178,9 +191,12 @@ def command(
     mlruns = cwd / "mlruns"
     tracking_uri = default_tracking_uri(cwd)
     plan = tuple(DemoRun(task, tasks[:i].count(task)) for i, task in enumerate(tasks)) if tasks else DEFAULT_PLAN
-    server = None if no_serve else DemoServer(host, port, tracking_uri, mlruns, root)
+    token = os.environ.get(TOKEN_ENV) or None
+    server = None if no_serve else DemoServer(host, port, tracking_uri, mlruns, root, token)
     if server is not None and not _port_free(host, port):
         raise usage_error(f"port {port} on {host} is in use; pick another with --port")
+    if server is not None and token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: serving on {host} with no {TOKEN_ENV}: anyone who can reach it can stop runs", err=True)
 
     # SIGTERM (a service manager, `kill`) takes the same clean way out as Ctrl-C; and Ctrl-C
     # works even when a shell started us with SIGINT ignored (a background job).
@@ -194,16 +210,17 @@ def command(
         if server is not None:
             click.echo(f"starting the server (log: {server.log_path}) ...")
             server.start()
-            _print_urls(server)
+            _print_urls(server, None)
             # Links in run.json point at this server's MLflow UI (DESIGN §6).
             os.environ[UI_URL_ENV] = server.base_url
+        registered = None
         if not no_train:
             finished = _train_all(plan, epochs, root, tracking_uri)
-            _register_best(finished, root, model_name, tracking_uri)
+            registered = _register_best(finished, root, model_name, tracking_uri)
         done = True
         if server is not None:
             click.echo("")
-            _print_urls(server)
+            _print_urls(server, registered)
             click.echo("serving until Ctrl-C ...")
             while server.alive():
                 time.sleep(0.5)
@@ -230,9 +247,11 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _print_urls(server: DemoServer) -> None:
+def _print_urls(server: DemoServer, model: str | None) -> None:
     click.echo(f"  Dashboard:  {server.dashboard_url}")
     click.echo(f"  MLflow UI:  {server.mlflow_url}")
+    if model is not None:
+        click.echo(f"  Model:      {server.base_url}/#/models/{urllib.parse.quote(model, safe='')}")
 
 
 def _train_all(plan: tuple[DemoRun, ...], epochs: int, root: Path, tracking_uri: str) -> list[dict[str, Any]]:
@@ -292,8 +311,11 @@ def _summary(run: dict[str, Any]) -> str:
     return f"{run.get('status')}: {run.get('epochs_done')} epochs, {best}"
 
 
-def _register_best(finished: list[dict[str, Any]], root: Path, name: str, tracking_uri: str) -> None:
-    """Register the best completed classification run; the alias moves only if it beats the champion."""
+def _register_best(finished: list[dict[str, Any]], root: Path, name: str, tracking_uri: str) -> str | None:
+    """Register the best completed classification run; the alias moves only if it beats the champion.
+
+    Returns the model name, or None when nothing was registered.
+    """
     best: dict[str, Any] | None = None
     for run in finished:
         if run.get("task") == "classification" and run.get("best_score") is not None:
@@ -301,7 +323,7 @@ def _register_best(finished: list[dict[str, Any]], root: Path, name: str, tracki
                 best = run
     if best is None:
         click.echo("no completed classification run: nothing to register")
-        return
+        return None
     from ..mirror.registry import RegistrationError, register_run
     from ..record.run_dir import RunDirectory
 
@@ -313,13 +335,14 @@ def _register_best(finished: list[dict[str, Any]], root: Path, name: str, tracki
         version = register_run(RunDirectory(root, best["run_id"]), name, alias="champion", tracking_uri=tracking_uri)
     except RegistrationError as exc:
         click.echo(f"      not registered: {exc}", err=True)
-        return
+        return None
     if version["alias_moved"]:
         held = f"now @{version['alias']}"
     else:
         held = f"@{version['alias']} stays on the better version {version['alias_version']}"
     click.echo(f"      {name} version {version['version']} ({held}); load it with")
     click.echo(f"      mlflow.pytorch.load_model('{version['alias_uri']}')")
+    return name
 
 
 def _port_free(host: str, port: int) -> bool:
