@@ -177,6 +177,21 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+def _failed_run(runs_root: Path) -> str:
+    """A run that failed in epoch 3, written with the record's own API."""
+    from trackbridge import RunDirectory, RunStatus
+
+    run_dir = RunDirectory(runs_root, "failed-1")
+    run_dir.create({"task": "classification", "monitor": "val_accuracy", "mode": "max", "max_epochs": 5})
+    run_dir.set_status(RunStatus.RUNNING)
+    run_dir.write_metrics([
+        {"epoch": 1, "train_loss": 2.1, "val_loss": 1.9, "val_accuracy": 0.31, "lr": 0.001},
+        {"epoch": 2, "train_loss": 1.4, "val_loss": None, "val_accuracy": 0.52, "lr": 0.001},
+    ])
+    run_dir.set_status(RunStatus.FAILED, error="RuntimeError: CUDA out of memory", epochs_done=2)
+    return run_dir.run_id
+
+
 def _points(page, chart: str = "chart-loss") -> int:
     return int(page.get_attribute(f"#{chart}", "data-points"))
 
@@ -251,6 +266,14 @@ def test_dashboard_follows_a_live_run_and_stops_it_in_chromium(tmp_path: Path, m
             page.set_viewport_size({"width": 390, "height": 844})
             page.screenshot(path=str(ARTIFACTS / "dashboard-run-phone.png"), full_page=True)
 
+            # A failed run's page: its error, its history (a NaN written as null is a gap, not an
+            # error), no stream and no Stop.
+            failed_page = open_page(browser, f"{base}/runs/{_failed_run(runs_root)}?token={token}")
+            failed_page.wait_for_function("() => document.querySelector('#chart-loss').dataset.points == 2", timeout=15_000)
+            assert failed_page.text_content("#run-status") == "failed"
+            assert failed_page.text_content("#run-error") == "RuntimeError: CUDA out of memory"
+            assert failed_page.is_visible("#run-error") and failed_page.is_disabled("#stop")
+
             # The runs list: the run, a link to its page, and a link to its MLflow run.
             runs_page = open_page(browser, f"{base}/?token={token}", viewport={"width": 1280, "height": 600})
             row = runs_page.wait_for_selector(f"tr[data-run-id='{run_id}'][data-status='stopped']", timeout=15_000)
@@ -259,7 +282,7 @@ def test_dashboard_follows_a_live_run_and_stops_it_in_chromium(tmp_path: Path, m
             assert mlflow_link == run["mlflow"]["url"]
             assert mlflow_link.startswith(mlflow_server.url + "/#/experiments/")
             runs_page.screenshot(path=str(ARTIFACTS / "dashboard-runs.png"))
-            assert page.problems == [] and runs_page.problems == []
+            assert page.problems == [] and runs_page.problems == [] and failed_page.problems == []
 
             # The MLflow UI run page answers, and shows this run (MLflow's page, not ours: its
             # console is not checked).
