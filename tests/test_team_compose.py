@@ -18,7 +18,6 @@ from jsonschema import Draft202012Validator
 from conftest import REPO
 from team_stack import (
     COMPOSE_FILE,
-    ENV_EXAMPLE,
     InterpolationError,
     interpolate,
     load_compose,

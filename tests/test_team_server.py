@@ -21,7 +21,7 @@ import json
 import subprocess
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -64,8 +64,7 @@ class Team:
     postgres: PostgresCluster
     store: ObjectStore
     server: subprocess.Popen
-    server_argv: list[str]
-    overrides: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, str]  # loopback value -> compose's value, for whole arguments
 
     def service_env(self, service: str) -> dict[str, str]:
         return {key: localize(value, self.replacements) for key, value in service_environment(self.compose, service).items()}
@@ -120,18 +119,18 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
         }
         argv = [localize(arg, replacements) for arg in service_command(compose, "mlflow")]
         overrides = {**_set_option(argv, "--host", "127.0.0.1"), **_set_option(argv, "--port", str(port))}
-        team = Team(
-            url=f"http://127.0.0.1:{port}", runs_root=runs_root, root=root, compose=compose, defaults=defaults,
-            replacements=replacements, postgres=postgres, store=store, server=None, server_argv=argv,  # type: ignore[arg-type]
-            overrides=overrides,
-        )
+        environment = {k: localize(v, replacements) for k, v in service_environment(compose, "mlflow").items()}
         log = open(root / "mlflow-server.log", "ab")
         cleanup.callback(log.close)
-        team.server = subprocess.Popen(
-            local_argv(argv), cwd=root, env={**base_env(), **team.service_env("mlflow")},
+        server = subprocess.Popen(
+            local_argv(argv), cwd=root, env={**base_env(), **environment},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        cleanup.callback(stop_process_group, team.server)
+        cleanup.callback(stop_process_group, server)
+        team = Team(
+            url=f"http://127.0.0.1:{port}", runs_root=runs_root, root=root, compose=compose, defaults=defaults,
+            replacements=replacements, postgres=postgres, store=store, server=server, overrides=overrides,
+        )
         try:
             wait_for_http(f"{team.url}/health", timeout=180, proc=team.server)
         except Exception as exc:
@@ -148,21 +147,25 @@ def trained(team: Team) -> dict[str, Any]:
     env = {**base_env(), **team.service_env("train")}
     workdir = team.root / "train"
     workdir.mkdir()
+    log_path = workdir / "train.log"
     started = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(log_path, "w") as log:  # a file, not a pipe: a full pipe would stall the training
+        proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     process_view = _process_view(proc.pid)
     try:
         run_dir = wait_until(lambda: next(iter(team.runs_root.glob("*/run.json")), None), 120, what="run.json").parent
-        events: list[dict[str, Any]] = []
         with httpx.stream("GET", f"{team.url}/api/training/{run_dir.name}/stream", timeout=httpx.Timeout(120)) as response:
             assert response.status_code == 200, response.read()
             assert response.headers["content-type"].startswith("text/event-stream")
             events = _read_sse(response.iter_lines())
-        output, _ = proc.communicate(timeout=300)
+        proc.wait(timeout=300)
+    except Exception as exc:
+        raise AssertionError(f"{exc!r}\ntraining output:\n{log_path.read_text()[-4000:]}") from exc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    output = log_path.read_text()
     assert proc.returncode == 0, output[-4000:]
     return {
         "run_dir": run_dir, "run_id": run_dir.name, "events": events, "output": output, "argv": argv,
