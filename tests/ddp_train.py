@@ -24,7 +24,8 @@ EPOCHS = 2
 class RankReport(pl.Callback):
     """Writes, per rank, the epochs it ran and the MLflow run id its stack knows."""
 
-    def __init__(self, report_dir: Path, tracking_uri: str) -> None:
+    def __init__(self, report_dir: Path, tracking_uri: str, stack: list) -> None:
+        self.stack = stack
         self.report_dir = report_dir
         self.tracking_uri = tracking_uri
         self.epochs: list[int] = []
@@ -50,6 +51,7 @@ class RankReport(pl.Callback):
             "backend": getattr(trainer.strategy, "process_group_backend", None),
             "epochs": self.epochs,
             "mlflow_run_id": mlflow_run_id,
+            "run_id": self.stack.run_id,
             "attached": attached,
         }
         (self.report_dir / f"rank{rank}.json").write_text(json.dumps(report))
@@ -72,7 +74,7 @@ def main(runs_root: str, tracking_uri: str, experiment: str, report_dir: str) ->
         devices=2,
         strategy="ddp",
         max_epochs=EPOCHS,
-        callbacks=[*stack, RankReport(Path(report_dir), tracking_uri)],
+        callbacks=[*stack, RankReport(Path(report_dir), tracking_uri, stack)],
         logger=False,
         default_root_dir=stack.run_dir.path,
         enable_progress_bar=False,

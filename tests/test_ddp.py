@@ -63,6 +63,8 @@ def test_ddp_writes_one_run_directory(ddp_run: dict) -> None:
     run = json.loads((runs[0] / "run.json").read_text())
     assert run["status"] == "completed"
     assert run["epochs_done"] == EPOCHS
+    # every rank's stack names the one run (rank zero's id, broadcast in setup)
+    assert {report["run_id"] for report in ddp_run["reports"].values()} == {runs[0].name}
 
 
 def test_ddp_records_every_epoch_once(ddp_run: dict) -> None:

@@ -28,10 +28,15 @@ from .training_log import TrainingLogFile
 class CallbackStack(list):
     """The list of callbacks for ``Trainer(callbacks=...)``, plus the run it records."""
 
-    def __init__(self, callbacks: list[pl.Callback], config: TrackingConfig, run_dir: RunDirectory) -> None:
+    def __init__(self, callbacks: list[pl.Callback], config: TrackingConfig) -> None:
         super().__init__(callbacks)
         self.config = config
-        self.run_dir = run_dir
+        self._watcher = next(cb for cb in callbacks if isinstance(cb, StopRequestWatcher))
+
+    @property
+    def run_dir(self) -> RunDirectory:
+        """The run's directory; on DDP ranks other than zero, right once ``fit`` has set up."""
+        return RunDirectory.from_file(self._watcher.request_path)
 
     @property
     def run_id(self) -> str:
@@ -93,7 +98,7 @@ def build_callbacks(config: TrackingConfig) -> CallbackStack:
         best_checkpoint(run_dir.checkpoints_dir, config.resolved_monitor, config.resolved_mode),
         last_checkpoint(run_dir.checkpoints_dir),
     ]
-    return CallbackStack(callbacks, config, run_dir)
+    return CallbackStack(callbacks, config)
 
 
 def _mlflow_mirror(config: TrackingConfig, run_dir: RunDirectory, callbacks: list[pl.Callback]) -> pl.Callback:
