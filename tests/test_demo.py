@@ -23,6 +23,7 @@ from trackbridge.cli import main
 
 from browser import chromium, open_page
 
+SLOW_TRAINING = Path(__file__).with_name("slow_training.py")
 URL_LINE = re.compile(r"^\s*(Dashboard|MLflow UI):\s+(\S+)\s*$")
 
 
@@ -180,6 +181,27 @@ def test_demo_serves_dashboard_and_mlflow_on_one_port_and_stops_on_ctrl_c(tmp_pa
             assert page.text_content("#run-status") == "completed"
             assert page.get_attribute("#run-mlflow", "href") == run["mlflow_url"]
             assert page.problems == []
+
+            # A run that trains now, watched live through the MLflow server's port (SSE there).
+            train = subprocess.Popen(
+                [sys.executable, str(SLOW_TRAINING), str(tmp_path / "runs"), "live-1", "--epochs", "4", "--sleep", "0.15"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            )
+            try:
+                deadline = time.monotonic() + 90
+                while not any(r["run_id"] == "live-1" and r["status"] == "running" for r in _runs(tmp_path / "runs")):
+                    assert time.monotonic() < deadline, "the live run did not start"
+                    time.sleep(0.2)
+                live = open_page(browser, f"{base}/trackbridge/runs/live-1?token={token}")
+                live.evaluate("window.__sameDocument = true")
+                live.wait_for_function("() => document.querySelector('#stat-batch').textContent.startsWith('batch ')", timeout=30_000)
+                live.wait_for_function("() => document.querySelector('#run-status').textContent === 'completed'", timeout=60_000)
+                assert live.get_attribute("#chart-loss", "data-points") == "4"
+                assert live.evaluate("window.__sameDocument") is True
+                assert live.problems == []
+            finally:
+                train.kill()
+                train.wait(timeout=10)
 
         assert demo.ctrl_c() == 0, demo.output[-3000:]
         assert _alive(server_processes) == []
