@@ -2,8 +2,11 @@
 
 The callback only decides *when*: each hook hands an item to the run's
 :class:`~trackbridge.mirror.worker.MirrorWorker`, which owns every MLflow
-call. Training never waits on MLflow, and an MLflow outage never fails it;
-at train end the worker gets ``flush_timeout_s`` to deliver the rest, and
+call. Training never waits on MLflow, and an MLflow outage never fails it.
+
+When training ends, ``fit`` waits at most ``flush_timeout_s`` for the worker
+to deliver the rest (last points, checkpoints, metrics.json, run.json,
+training.log, the status, a registration), with the requests overlapped;
 whatever does not make it is left in run.json's cursor for ``trackbridge sync``.
 """
 
@@ -47,6 +50,7 @@ class MLflowMirror(pl.Callback):
         self.run_dir = run_dir
         self.step_logger = step_logger
         self.worker: MirrorWorker | None = None
+        self.delivered: bool | None = None  # after fit: did everything reach MLflow in time?
         self._broadcast_run_id: str | None = None
         self._mtimes: dict[str, int | None] = {}
 
@@ -89,6 +93,7 @@ class MLflowMirror(pl.Callback):
             start_ms=iso_to_ms(started) if started else None,
             resume=self.config.resume,
             module_class=class_path(type(pl_module)),
+            flush_timeout_s=self.config.flush_timeout_s,
         )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -121,7 +126,7 @@ class MLflowMirror(pl.Callback):
         self._finish(status, pl_module)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.worker is not None and self.worker.alive:  # fit ended without on_train_end
+        if self.worker is not None and self.worker.alive:  # fit ended without on_train_end/on_exception
             self.worker.close(self.config.flush_timeout_s)
         if self.step_logger is not None and self._on_step in self.step_logger.listeners:
             self.step_logger.listeners.remove(self._on_step)
@@ -139,21 +144,25 @@ class MLflowMirror(pl.Callback):
     def _upload_changed_checkpoints(self) -> None:
         """Queue best/last.ckpt when they changed on disk (the worker uploads the newest)."""
         for path in self._checkpoint_paths():
-            mtime = _mtime(self.run_dir.path / path)
-            if mtime is not None and mtime != self._mtimes.get(path):
-                self._mtimes[path] = mtime
+            if self._changed(path):
                 self.worker.upload(path)  # type: ignore[union-attr]
+
+    def _changed(self, path: str) -> bool:
+        mtime = _mtime(self.run_dir.path / path)
+        if mtime is None or mtime == self._mtimes.get(path):
+            return False
+        self._mtimes[path] = mtime
+        return True
 
     def _finish(self, status: RunStatus, pl_module: pl.LightningModule) -> None:
         worker = self.worker
         assert worker is not None
-        self._upload_changed_checkpoints()
-        for path in FINAL_ARTIFACTS:
-            worker.upload(path)
-        worker.set_status(mlflow_status(status), end_ms_now())
+        uploads = [path for path in self._checkpoint_paths() if self._changed(path)] + list(FINAL_ARTIFACTS)
+        register = None
         if self.config.register_model and status is RunStatus.COMPLETED and self.run_dir.best_ckpt.is_file():
-            worker.register(self.config.register_model, self.config.register_alias, type(pl_module))
-        worker.close(self.config.flush_timeout_s)
+            register = (self.config.register_model, self.config.register_alias, type(pl_module))
+        worker.end_run(mlflow_status(status), end_ms_now(), uploads, register, self.config.flush_timeout_s)
+        self.delivered = worker.close(self.config.flush_timeout_s)
 
 
 def _model_hparams(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:

@@ -33,6 +33,8 @@ HTTP_LIMITS: Mapping[str, str] = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    # set_terminated would GET the run first, only to print its link; trackbridge prints it itself
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 # What "MLflow is unavailable or refused" looks like from the client: its own

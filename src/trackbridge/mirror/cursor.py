@@ -67,43 +67,85 @@ class Cursor:
 
     def update(self, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into the cursor; returns the new cursor."""
-
-        def apply(run: dict[str, Any]) -> None:
-            cursor = cursor_of(run)
-            cursor.update(fields)
-            cursor["updated_at"] = utc_now_iso()
-            run[FIELD] = cursor
-
-        return cursor_of(self.run_dir.update_run(apply))
+        return self.apply(fields)
 
     def advance(self, *, epoch: int | None = None, step: int | None = None) -> dict[str, Any]:
         """Move the watermarks forward (never back): points up to here reached MLflow."""
+        return self.apply(epoch=epoch, step=step)
 
-        def apply(run: dict[str, Any]) -> None:
+    def add_pending(self, paths: Iterable[str]) -> dict[str, Any]:
+        return self.apply(add=paths)
+
+    def remove_pending(self, paths: Iterable[str]) -> dict[str, Any]:
+        return self.apply(remove=paths)
+
+    def apply(
+        self,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        add: Iterable[str] = (),
+        remove: Iterable[str] = (),
+        epoch: int | None = None,
+        step: int | None = None,
+    ) -> dict[str, Any]:
+        """Every kind of change at once, in one run.json write: fields, pending paths, watermarks."""
+        add, remove = list(add), set(remove)
+
+        def edit(run: dict[str, Any]) -> None:
             cursor = cursor_of(run)
+            cursor.update(fields or {})
+            pending = [p for p in cursor["artifacts_pending"] if p not in remove]
+            cursor["artifacts_pending"] = pending + [p for p in dict.fromkeys(add) if p not in pending]
             for name, value in (("last_epoch_mirrored", epoch), ("last_step_mirrored", step)):
                 if value is not None and (cursor[name] is None or value > cursor[name]):
                     cursor[name] = value
             cursor["updated_at"] = utc_now_iso()
             run[FIELD] = cursor
 
-        return cursor_of(self.run_dir.update_run(apply))
+        return cursor_of(self.run_dir.update_run(edit))
+
+
+class CursorBuffer:
+    """Cursor changes gathered in memory and written in one go.
+
+    Each run.json write is an fsync; the worker would otherwise pay one per
+    upload or batch, several of them inside the final flush that training
+    waits for. A crash loses at most the changes of the last interval, which
+    sync recovers from: it compares with MLflow itself.
+    """
+
+    def __init__(self, cursor: Cursor) -> None:
+        self.cursor = cursor
+        self.written_at = 0.0
+        self._fields: dict[str, Any] = {}
+        self._add: dict[str, None] = {}
+        self._remove: set[str] = set()
+        self._marks: dict[str, int] = {}
+
+    def set(self, **fields: Any) -> None:
+        self._fields.update(fields)
 
     def add_pending(self, paths: Iterable[str]) -> None:
-        self._edit_pending(add=paths)
+        for path in paths:
+            self._remove.discard(path)
+            self._add[path] = None
 
     def remove_pending(self, paths: Iterable[str]) -> None:
-        self._edit_pending(remove=paths)
+        for path in paths:
+            self._add.pop(path, None)
+            self._remove.add(path)
 
-    def _edit_pending(self, add: Iterable[str] = (), remove: Iterable[str] = ()) -> None:
-        add, remove = list(add), set(remove)
+    def mark(self, kind: str, value: int) -> None:
+        """Raise the ``"epoch"`` or ``"step"`` watermark to ``value``."""
+        self._marks[kind] = max(self._marks.get(kind, value), value)
 
-        def apply(run: dict[str, Any]) -> None:
-            cursor = cursor_of(run)
-            pending = [p for p in cursor["artifacts_pending"] if p not in remove]
-            pending += [p for p in add if p not in pending]
-            cursor["artifacts_pending"] = pending
-            cursor["updated_at"] = utc_now_iso()
-            run[FIELD] = cursor
+    @property
+    def dirty(self) -> bool:
+        return bool(self._fields or self._add or self._remove or self._marks)
 
-        self.run_dir.update_run(apply)
+    def flush(self) -> None:
+        if not self.dirty:
+            return
+        fields, add, remove, marks = self._fields, list(self._add), self._remove, self._marks
+        self._fields, self._add, self._remove, self._marks = {}, {}, set(), {}
+        self.cursor.apply(fields, add=add, remove=remove, epoch=marks.get("epoch"), step=marks.get("step"))

@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -38,7 +39,7 @@ from mlflow.entities import Metric, Param, RunTag
 from ..record.clock import utc_now
 from ..record.run_dir import RunDirectory
 from .client import MLFLOW_ERRORS, create_run, ensure_experiment, find_run, is_rejection, make_client
-from .cursor import Cursor
+from .cursor import Cursor, CursorBuffer
 from .mapping import Point, batches, epoch_points, iso_to_ms, param_batches, step_points
 from .registry import RegistrationError
 from .uri import mlflow_ui_url
@@ -46,6 +47,7 @@ from .uri import mlflow_ui_url
 log = logging.getLogger("trackbridge.mirror")
 
 UPLOAD_DIR = ".mlflow-upload"  # hard-link snapshots of files being uploaded
+UPLOAD_THREADS = 6  # concurrent requests in the final flush
 
 
 # -- queue items -------------------------------------------------------------
@@ -131,6 +133,7 @@ class MirrorWorker:
         linger_s: float = 1.0,
         max_backoff_s: float = 30.0,
         cursor_interval_s: float = 2.0,
+        flush_timeout_s: float = 30.0,
         announce: Callable[[str], None] | None = None,
     ) -> None:
         self.run_dir = run_dir
@@ -175,13 +178,16 @@ class MirrorWorker:
         self._retry_at = 0.0
         self._backoff = 1.0
         self._refusals: set[str] = set()
+        self._in_flight: str | None = None  # the upload a refusal is about
+        self._operation = "connect"  # what the MLflow call in progress is doing
         # closing
-        self._deadline: float | None = None
+        self.default_timeout = flush_timeout_s
+        self._finish_deadline: float | None = None  # set by finish(), on the caller's side
+        self._deadline: float | None = None  # the same, once the worker has seen it
         self._close_failures = 0
         self._close_tries = 2  # one try only when MLflow was already down as the flush began
         # cursor watermarks not yet written
-        self._marks: dict[str, int] = {}
-        self._marks_written_at = 0.0
+        self._changes = CursorBuffer(self._cursor)
 
     # -- the training thread's side (never blocks) -------------------------
     def start(self) -> None:
@@ -217,17 +223,47 @@ class MirrorWorker:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def close(self, timeout: float) -> bool:
-        """Flush for at most ``timeout`` seconds, then stop; True if everything reached MLflow.
+    def end_run(
+        self, status: str, end_ms: int | None, uploads: list[str], register: tuple[str, str, type | None] | None,
+        timeout: float,
+    ) -> None:
+        """Queue the end of the run in one go (uploads, status, registration), then :meth:`finish`.
 
-        What did not make it stays pending in the cursor for ``trackbridge sync``.
+        One wake-up for all of it, so the worker sees the deadline before it
+        starts and overlaps the requests.
+        """
+        for relpath in uploads:
+            self._queue.put(_Upload(relpath))
+        self._queue.put(_Status(status, end_ms))
+        if register is not None:
+            self._queue.put(_Register(*register))
+        self.finish(timeout)
+
+    def finish(self, timeout: float) -> None:
+        """Deliver what is queued within ``timeout`` seconds from now, then stop; :meth:`close` waits."""
+        if self._finish_deadline is None:
+            self._finish_deadline = time.monotonic() + max(0.0, timeout)
+            self._put(_Close(self._finish_deadline))
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Wait until the worker is done; True if everything reached MLflow.
+
+        Asks :meth:`finish` first (with ``timeout``, else the flush timeout)
+        if nobody has. Waits at most ``timeout`` seconds and never past the
+        finish deadline: a worker still inside an MLflow call then is
+        abandoned, and what did not make it stays pending in the cursor for
+        ``trackbridge sync``.
         """
         if self._thread is None:
             return False
-        deadline = time.monotonic() + max(0.0, timeout)
-        self._put(_Close(deadline))
-        self._thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
+        self.finish(self.default_timeout if timeout is None else timeout)
+        deadline = self._finish_deadline
+        assert deadline is not None
+        until = deadline if timeout is None else min(deadline, time.monotonic() + timeout)
+        self._thread.join(max(0.0, until - time.monotonic()) + (0.5 if until == deadline else 0.0))
         if self._thread.is_alive():
+            if time.monotonic() < deadline:
+                return False  # still delivering, within its time
             self._abandon()
             return False
         return self._done()
@@ -261,7 +297,7 @@ class MirrorWorker:
                 continue
             if self._due():
                 self._attempt()
-            self._write_marks()
+            self._write_cursor()
 
     def _wait_time(self) -> float | None:
         """How long to block on the queue before there is something to do."""
@@ -274,7 +310,7 @@ class MirrorWorker:
             return 0.0
         if self._points and not self._waiting_for_reconcile():
             return max(0.0, (self._points_since or now) + self.linger_s - now)
-        if self._marks:
+        if self._changes.dirty:
             return self.cursor_interval_s
         return None
 
@@ -329,12 +365,12 @@ class MirrorWorker:
         elif isinstance(item, _Upload):
             if item.relpath not in self._uploads:
                 self._uploads[item.relpath] = None
-                self._cursor.add_pending([item.relpath])
+                self._changes.add_pending([item.relpath])
         elif isinstance(item, _Status):
             self._status = item
         elif isinstance(item, _Register):
             self._register = item
-            self._cursor.update(registration_pending={"name": item.name, "alias": item.alias})
+            self._changes.set(registration_pending={"name": item.name, "alias": item.alias})
         elif isinstance(item, _Reconcile):
             self._reconcile = item
         elif isinstance(item, _Close):
@@ -345,7 +381,7 @@ class MirrorWorker:
 
     def _add_points(self, points: list[Point], kind: str, mark: int) -> None:
         if not points:
-            self._marks[kind] = max(self._marks.get(kind, mark), mark)
+            self._changes.mark(kind, mark)
             return
         if self._points_since is None:
             self._points_since = time.monotonic()
@@ -359,37 +395,44 @@ class MirrorWorker:
         module docstring): a refusal drops the operation that caused it; any
         other error starts (or continues) an outage and schedules a retry.
         """
-        operation = "connect"
         try:
+            self._operation = "connect"
             if self._needs_connect():
                 self._connect()
-            operation = "params"
+            self._operation = "params"
             if not self._params_sent:
                 self._send_params()
-            operation = "reconcile"
+            self._operation = "reconcile"
             if self._reconcile is not None:
                 self._do_reconcile(self._reconcile)
             if self._needs_reconcile:
                 return  # points of a resumed run wait until MLflow's history is known
-            operation = "points"
+            if self._deadline is not None:
+                self._final_wave()
+            self._operation = "points"
             self._send_points()
             while self._uploads and not self._past_deadline():
-                operation = "upload"
+                self._take(0.0)  # a close or fresh points may have come in meanwhile
+                if self._deadline is not None:
+                    self._final_wave()
+                    if not self._uploads:
+                        break
+                self._operation = "upload"
                 self._upload_next()
-                operation = "points"
+                self._operation = "points"
                 self._send_points()  # points that came in during a long upload go first
             if self._status is not None and not self._points and not self._uploads:
-                operation = "status"
+                self._operation = "status"
                 self._send_status(self._status)
             if self._register is not None and self._status is None and not self._past_deadline():
-                operation = "register"
+                self._operation = "register"
                 self._do_register(self._register)
         except MLFLOW_ERRORS + (RegistrationError,) as exc:
             self.stats.failures += 1
-            if isinstance(exc, RegistrationError) or (is_rejection(exc) and operation != "connect"):
-                self._refused(operation, exc)
+            if isinstance(exc, RegistrationError) or (is_rejection(exc) and self._operation != "connect"):
+                self._refused(self._operation, exc)
             else:
-                self._outage(operation, exc)
+                self._outage(self._operation, exc)
             return
         self._recovered()
 
@@ -420,7 +463,7 @@ class MirrorWorker:
         self.url = mlflow_ui_url(self.tracking_uri, experiment_id, run_id)
         self.mlflow_run_id = run_id
         self.ready.set()
-        self._cursor.update(
+        self._changes.set(
             tracking_uri=self.tracking_uri,
             experiment=self.experiment,
             experiment_id=experiment_id,
@@ -430,12 +473,13 @@ class MirrorWorker:
             status_mirrored="RUNNING",
             module_class=self.module_class,
         )
+        self._write_cursor(force=True)  # the MLflow link, for whoever reads run.json now
 
     def _send_params(self) -> None:
         for batch in param_batches(self.params):
             self._client.log_batch(self.mlflow_run_id, params=[Param(k, v) for k, v in batch])
         self._params_sent = True
-        self._cursor.update(params_mirrored=True)
+        self._changes.set(params_mirrored=True)
 
     def _do_reconcile(self, item: _Reconcile) -> None:
         """Replay a resumed run's record up to its checkpoint; remember every (key, step) MLflow has."""
@@ -457,22 +501,26 @@ class MirrorWorker:
         self._points.extendleft(_Pending(p, "replay", -1) for p in reversed(missing))
         if self._points and self._points_since is None:
             self._points_since = time.monotonic()
-        self._marks["epoch"] = max(self._marks.get("epoch", 0), item.epoch)
-        self._marks["step"] = max(self._marks.get("step", -1), item.step)
+        self._changes.mark("epoch", item.epoch)
+        self._changes.mark("step", item.step)
 
     def _send_points(self) -> None:
         if self._present is not None:
             self._skip_present()
         while self._points:
-            pending = list(self._points)
-            batch = next(batches([p.point for p in pending]))
-            self._client.log_batch(
-                self.mlflow_run_id,
-                metrics=[Metric(p.key, p.value, p.timestamp, p.step) for p in batch],
-            )
-            self.stats.requests += 1
-            self.stats.points_sent += len(batch)
-            self._pop_points(len(batch))
+            batch = next(batches([p.point for p in self._points]))
+            self._log_points(batch)
+            self._points_sent(len(batch))
+
+    def _log_points(self, batch: list[Point]) -> None:
+        self._client.log_batch(
+            self.mlflow_run_id, metrics=[Metric(p.key, p.value, p.timestamp, p.step) for p in batch]
+        )
+
+    def _points_sent(self, count: int) -> None:
+        self.stats.requests += 1
+        self.stats.points_sent += count
+        self._pop_points(count)
 
     def _skip_present(self) -> None:
         kept: deque[_Pending] = deque()
@@ -487,8 +535,7 @@ class MirrorWorker:
         self._points = kept
         still = {(item.kind, item.mark) for item in kept}
         for kind, mark in skipped:
-            mark = mark if (kind, mark) not in still else mark - 1
-            self._marks[kind] = max(self._marks.get(kind, mark), mark)
+            self._changes.mark(kind, mark if (kind, mark) not in still else mark - 1)
 
     def _pop_points(self, count: int) -> None:
         for _ in range(count):
@@ -501,30 +548,65 @@ class MirrorWorker:
         if item.kind == "replay":
             return
         mark = item.mark if not self._has_pending(item.kind, item.mark) else item.mark - 1
-        self._marks[item.kind] = max(self._marks.get(item.kind, mark), mark)
+        self._changes.mark(item.kind, mark)
 
     def _has_pending(self, kind: str, mark: int) -> bool:
         return bool(self._points) and self._points[0].kind == kind and self._points[0].mark == mark
 
     def _upload_next(self) -> None:
-        relpath = next(iter(self._uploads))
+        relpath = self._in_flight = next(iter(self._uploads))
+        self._upload_one(relpath)
+        self._uploaded([relpath])
+
+    def _final_wave(self) -> None:
+        """The flush training waits for: the last points and every upload, all at once.
+
+        Their round trips overlap (the status follows, alone). Outside
+        interpreter shutdown a small thread pool does it; should one of the
+        requests fail, what succeeded is kept and the error goes to
+        :meth:`_attempt` like any other.
+        """
+        head = next(batches([p.point for p in self._points]), None)
+        paths = list(self._uploads)
+        if (head is not None) + len(paths) < 2:
+            return  # nothing to overlap: the sequential path does it
+        try:
+            with ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="trackbridge-upload") as pool:
+                points = pool.submit(self._log_points, head) if head is not None else None
+                uploads = {path: pool.submit(self._upload_one, path) for path in paths}
+        except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
+            return
+        if points is not None and points.exception() is None:
+            self._points_sent(len(head))
+        self._uploaded([path for path, f in uploads.items() if f.exception() is None])
+        if points is not None and points.exception() is not None:
+            self._operation = "points"
+            raise points.exception()
+        for path, future in uploads.items():
+            if future.exception() is not None:
+                self._operation, self._in_flight = "upload", path
+                raise future.exception()
+
+    def _upload_one(self, relpath: str) -> None:
         source = self.run_dir.path / relpath
-        if source.is_file():
-            snapshot = _snapshot(self.run_dir.path, relpath)
-            try:
-                folder = os.path.dirname(relpath) or None
-                self._client.log_artifact(self.mlflow_run_id, str(snapshot), folder)
-            finally:
-                snapshot.unlink(missing_ok=True)
-            self.stats.uploads += 1
-        del self._uploads[relpath]
-        self._cursor.remove_pending([relpath])
+        if not source.is_file():
+            return  # gone since it was queued (nothing to mirror)
+        snapshot = _snapshot(self.run_dir.path, relpath)
+        try:
+            self._client.log_artifact(self.mlflow_run_id, str(snapshot), os.path.dirname(relpath) or None)
+        finally:
+            snapshot.unlink(missing_ok=True)
+
+    def _uploaded(self, paths: list[str]) -> None:
+        for path in paths:
+            del self._uploads[path]
+        self.stats.uploads += len(paths)
+        self._changes.remove_pending(paths)
 
     def _send_status(self, item: _Status) -> None:
-        self._write_marks(force=True)
         self._client.set_terminated(self.mlflow_run_id, status=item.status, end_time=item.end_ms)
         self._status = None
-        self._cursor.update(status_mirrored=item.status)
+        self._changes.set(status_mirrored=item.status)
 
     def _do_register(self, item: _Register) -> None:
         from .registry import register_checkpoint, registration_summary
@@ -534,7 +616,7 @@ class MirrorWorker:
             module_class=item.module_class,
         )
         self._register = None
-        self._cursor.update(registration_pending=None, registered=registration_summary(result))
+        self._changes.set(registration_pending=None, registered=registration_summary(result))
         log.info(
             "registered %s version %s (%s)%s",
             result["name"], result["version"], result["model_uri"],
@@ -550,7 +632,7 @@ class MirrorWorker:
             self._down_since = now
             self._backoff = 1.0
             self.stats.outages += 1
-            self._cursor.update(outages=self.stats.outages)
+            self._changes.set(outages=self.stats.outages)
             self.announce(
                 f"MLflow at {self.tracking_uri} is unreachable ({_short(exc)}); training goes on, "
                 f"run {self.run_dir.run_id} is kept locally and retried in the background "
@@ -579,8 +661,7 @@ class MirrorWorker:
             self.stats.points_rejected += len(batch)
             self._pop_points(len(batch))
         elif operation == "upload":
-            relpath = next(iter(self._uploads))
-            del self._uploads[relpath]  # stays pending in the cursor, for sync
+            self._uploads.pop(self._in_flight, None)  # stays pending in the cursor, for sync
         elif operation == "status":
             self._status = None
         elif operation == "register":
@@ -606,7 +687,7 @@ class MirrorWorker:
 
     def _finish(self) -> None:
         """End of the flush: write the cursor, and say what was left for sync."""
-        self._write_marks(force=True)
+        self._write_cursor(force=True)
         if not self._done():
             self._announce_left()
 
@@ -623,12 +704,12 @@ class MirrorWorker:
                     self._uploads.setdefault(item.relpath, None)
                 elif isinstance(item, _Register):
                     self._register = item
-            if self._uploads:
-                self._cursor.add_pending(list(self._uploads))
+            self._changes.add_pending(list(self._uploads))
             if self._register is not None:
-                self._cursor.update(
+                self._changes.set(
                     registration_pending={"name": self._register.name, "alias": self._register.alias}
                 )
+            self._changes.flush()
         self._announce_left()
 
     def _announce_left(self) -> None:
@@ -647,14 +728,12 @@ class MirrorWorker:
             "when it is reachable"
         )
 
-    def _write_marks(self, force: bool = False) -> None:
-        if not self._marks:
-            return
-        if not force and time.monotonic() - self._marks_written_at < self.cursor_interval_s:
-            return
-        marks, self._marks = self._marks, {}
-        self._cursor.advance(epoch=marks.get("epoch"), step=marks.get("step"))
-        self._marks_written_at = time.monotonic()
+    def _write_cursor(self, force: bool = False) -> None:
+        if force or time.monotonic() - self._changes.written_at >= self.cursor_interval_s:
+            with self._lock:  # not while an abandoning close writes its own
+                if not self._abandoned:
+                    self._changes.flush()
+            self._changes.written_at = time.monotonic()
 
 
 def _snapshot(root: Path, relpath: str) -> Path:
