@@ -136,3 +136,70 @@ def test_stream_of_a_finished_run_ends_at_once_for_a_client_that_has_it_all(runs
         with EventStream(EventHub(), "r1", lambda: FileEventSource(run_dir), after_id, tick_s=5) as stream:
             assert list(stream) == []
     assert time.monotonic() - started < 2
+
+
+def _collect_async(stream: EventStream, limit: int | None = None) -> list:
+    import asyncio
+
+    async def collect() -> list:
+        got = []
+        async for event in stream.aiter():
+            got.append(event)
+            if limit is not None and len(got) >= limit:
+                break
+        return got
+
+    return asyncio.run(collect())
+
+
+def test_stream_async_replays_resumes_and_ends_like_the_blocking_one(runs_root: Path) -> None:
+    run_dir, emitter = _run(runs_root)
+    for event_type in ("run_started", "training_stopped", "run_started", "epoch_end", "training_complete"):
+        emitter.emit(event_type)
+    make = lambda: FileEventSource(run_dir)  # noqa: E731
+    assert _ids(_collect_async(EventStream(EventHub(), "r1", make, 0, tick_s=5))) == [1, 2, 3, 4, 5]
+    assert _ids(_collect_async(EventStream(EventHub(), "r1", make, 3, tick_s=5))) == [4, 5]
+    assert _collect_async(EventStream(EventHub(), "r1", make, 5, tick_s=5)) == []
+
+
+def test_stream_async_follows_live_events_and_catches_up_after_overflow(runs_root: Path) -> None:
+    """An asyncio reader is woken by the watcher's publish; a burst larger than its buffer is read from the log."""
+    import asyncio
+
+    from trackbridge.events import EventBroker
+
+    run_dir, emitter = _run(runs_root)
+    emitter.emit("run_started")
+    hub = EventHub(EventBroker(maxsize=4))
+    stream = EventStream(hub, "r1", lambda: FileEventSource(run_dir, poll_interval_s=0.005), tick_s=0.05)
+
+    async def read_while_writing() -> list:
+        got = []
+        writer = asyncio.get_running_loop().run_in_executor(None, write_burst)
+        async for event in stream.aiter():
+            if event is not None:
+                got.append(event)
+                if len(got) == 1:
+                    await asyncio.sleep(0.5)  # a slow reader: the burst overflows its buffer of 4
+        await writer
+        return got
+
+    def write_burst() -> None:
+        time.sleep(0.05)
+        for epoch in range(1, 31):
+            emitter.emit("epoch_end", epoch=epoch)
+        emitter.emit("training_complete")
+
+    got = asyncio.run(read_while_writing())
+    assert _ids(got) == list(range(1, 33))
+    assert not hub.broker.has_subscribers("r1")  # ended: unsubscribed
+
+
+def test_stream_replay_with_a_terminal_event_in_the_middle_ends_at_the_last_one(runs_root: Path) -> None:
+    run_dir, emitter = _run(runs_root)
+    for event_type in ("run_started", "training_failed", "run_started", "training_complete"):
+        emitter.emit(event_type)
+    started = time.monotonic()
+    with EventStream(EventHub(), "r1", lambda: FileEventSource(run_dir), 0, tick_s=5) as stream:
+        assert _ids(stream) == [1, 2, 3, 4]
+    assert time.monotonic() - started < 2

@@ -125,27 +125,66 @@ def test_mlflow_register_over_http_makes_a_model_version(mirrored: Path, mlflow_
 def test_mlflow_server_plugin_serves_health_rest_and_the_stream_on_one_port(
     mirrored: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
+    """`mlflow server --app-name trackbridge` in its default mode (uvicorn) and with gunicorn gthread.
+
+    Under uvicorn a training runs while SSE and WebSocket clients watch it (the
+    native ASGI routes); both modes replay a finished run.
+    """
     monkeypatch.setenv("TRACKBRIDGE_RUNS_ROOT", str(mirrored))
     extra = ("--app-name", "trackbridge")
     if mode == "gunicorn-gthread":
         extra += ("--gunicorn-opts", "--worker-class gthread --threads 32")
     server = MlflowServer(tmp_path / "mlflow", extra_args=extra).start()
+    ws_base = server.url.replace("http", "ws")
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             assert client.get("/health").status_code == 200
             search = client.post("/api/2.0/mlflow/experiments/search", json={"max_results": 10})
             assert search.status_code == 200 and "experiments" in search.json()
             runs = client.get("/api/runs").json()["runs"]
-            assert [r["run_id"] for r in runs] == [RUN_ID] and runs[0]["mlflow_url"]
+            assert RUN_ID in [r["run_id"] for r in runs] and all(r["mlflow_url"] for r in runs if r["run_id"] == RUN_ID)
             stream = read_sse(client, f"{server.url}/api/training/{RUN_ID}/stream", timeout=60)
             assert stream.error is None and stream.events == file_events(mirrored, RUN_ID)
+            resumed = read_sse(client, f"{server.url}/api/training/{RUN_ID}/stream", headers={"Last-Event-ID": "2"})
+            assert resumed.ids == [e["id"] for e in file_events(mirrored, RUN_ID)][2:]
             bad = client.get("/api/training/%2e%2e/stream")
             assert bad.status_code == 400 and bad.json()["error"]
+            assert client.get("/api/training/x/stream", headers={"Last-Event-ID": "no"}).status_code == 400
             assert client.get("/api/runs/nope/metrics").status_code == 404
-        ws_url = server.url.replace("http", "ws") + f"/api/training/{RUN_ID}/ws"
-        if mode == "gunicorn-gthread":
-            events, _ = read_ws(ws_url, timeout=60)
-            assert events == file_events(mirrored, RUN_ID)
+            assert client.get("/api/training/nope/stream").json()["status"] == 404
+        events, _ = read_ws(f"{ws_base}/api/training/{RUN_ID}/ws", timeout=60)
+        assert events == file_events(mirrored, RUN_ID)
+        if mode == "uvicorn":
+            _watch_a_live_training(mirrored, server.url, tmp_path)
     finally:
         server.stop()
     assert "Traceback" not in (tmp_path / "mlflow" / "server.log").read_text()
+
+
+def _watch_a_live_training(root: Path, url: str, tmp_path: Path) -> None:
+    import threading
+
+    from web_clients import start_training, wait_until
+
+    run_id = "plugin-live"
+    training = start_training(root, run_id, epochs=3, batches=4, sleep=0.2, log=tmp_path / "train.log")
+    wait_until(lambda: (root / run_id / "run.json").exists(), 90, "the run directory")
+    results: list = [None] * 20
+    ws_result: dict = {}
+    with httpx.Client(limits=httpx.Limits(max_connections=None, max_keepalive_connections=0)) as client:
+        threads = [
+            threading.Thread(target=lambda i=i: results.__setitem__(i, read_sse(client, f"{url}/api/training/{run_id}/stream")))
+            for i in range(len(results))
+        ]
+        threads.append(threading.Thread(target=lambda: ws_result.update(events=read_ws(
+            url.replace("http", "ws") + f"/api/training/{run_id}/ws")[0])))
+        for thread in threads:
+            thread.start()
+        assert training.wait(timeout=120) == 0
+        for thread in threads:
+            thread.join(timeout=60)
+    expected = file_events(root, run_id)
+    assert [e["type"] for e in expected if e["type"] == "epoch_end"] == ["epoch_end"] * 3
+    for result in results:
+        assert result.error is None and result.events == expected and result.closed_by_server
+    assert ws_result["events"] == expected

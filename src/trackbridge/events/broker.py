@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any
+from typing import Any, Callable
 
 
 class Subscription:
@@ -18,6 +18,9 @@ class Subscription:
     def __init__(self, broker: "EventBroker", run_id: str, maxsize: int) -> None:
         self.run_id = run_id
         self.overflowed = False
+        #: Called (from the publisher's thread) after each offer: how an asyncio reader is woken.
+        #: It must not block and must not raise.
+        self.waker: Callable[[], None] | None = None
         self._broker = broker
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize)
 
@@ -26,6 +29,15 @@ class Subscription:
             self._queue.put_nowait(event)
         except queue.Full:
             self.overflowed = True
+        if self.waker is not None:
+            self.waker()
+
+    def get_nowait(self) -> dict[str, Any] | None:
+        """The next buffered event, or None."""
+        try:
+            return self._queue.get_nowait()
+        except queue.Empty:
+            return None
 
     def get(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next event, or None after ``timeout`` seconds without one."""

@@ -1,14 +1,17 @@
 """EventStream: one reader's view of a run — its history after an id, then live, to the end.
 
-The same iterator feeds the SSE route and the WebSocket route, so both send
-the same events in the same order.
+The same object feeds the SSE route and the WebSocket route (Flask, by
+iterating it in a thread) and the native ASGI routes (asyncio, with
+:meth:`EventStream.aiter`), so every transport sends the same events in the
+same order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 from .hub import EventHub, SourceFactory
 from .types import TERMINAL_EVENT_TYPES
@@ -22,13 +25,15 @@ class EventStream:
     Yields ``None`` after ``tick_s`` seconds without an event (a heartbeat
     for SSE, a chance to read client messages for a WebSocket). Ends after
     the terminal event, unless more events follow it (a resumed run writes a
-    new ``run_started`` after its old terminal event; the stream goes on).
+    new ``run_started`` after its old terminal event; the stream goes on); a
+    client that already has a finished run's terminal event gets nothing.
 
     Nothing is lost: the reader subscribes before it reads the history, and
     whenever its buffer overflowed or an id was skipped it reads the gap from
-    the source (the durable log). The constructor reads the history, so an
-    unreadable source raises there (``OSError``), before any byte is sent.
-    Always :meth:`close` it (or use ``with``): that unsubscribes.
+    the source (the durable log). The constructor subscribes and reads the
+    history (blocking I/O), so an unreadable source raises there
+    (``OSError``), before any byte is sent. Always :meth:`close` it (or use
+    ``with``): that unsubscribes. It also unsubscribes when it ends.
     """
 
     def __init__(
@@ -53,6 +58,7 @@ class EventStream:
             raise
         self._events = self._follow()
 
+    # -- blocking iteration (a thread per reader) ----------------------------------
     def __iter__(self) -> Iterator[dict[str, Any] | None]:
         return self
 
@@ -71,38 +77,96 @@ class EventStream:
 
     def _follow(self) -> Iterator[dict[str, Any] | None]:
         try:
-            yield from self._events_until_end()
+            if self._complete:
+                return
+            while True:
+                event = self._next_in_backlog()
+                if event is not None:
+                    yield event
+                    if _is_terminal(event) and not self._refill(self._catch_up()):
+                        return
+                    continue
+                live = self._subscription.get(timeout=self.tick_s)
+                if live is None:
+                    yield None
+                    self._refill(self._catch_up())  # belt and braces: only a failed watcher misses one
+                elif self._needs_catch_up(live):
+                    self._subscription.reset()
+                    self._refill(self._catch_up())
+                else:
+                    self._backlog.append(live)
         finally:
             # Also when the stream ends by itself: some servers never call close()
             # (MLflow's uvicorn bridge does not close WSGI iterables).
             self._subscription.close()
 
-    def _events_until_end(self) -> Iterator[dict[str, Any] | None]:
-        if self._complete:  # the client already has the terminal event of a finished run
-            return
-        backlog, subscription = self._backlog, self._subscription
-        while True:
-            while backlog:
-                event = backlog.popleft()
-                if event["id"] <= self.last_id:
-                    continue  # already sent: history and live feed overlap
-                yield event
-                self.last_id = event["id"]
-                if event.get("type") in TERMINAL_EVENT_TYPES:
-                    backlog.extend(self._catch_up())
-                    if not backlog:
+    # -- asyncio iteration (no thread per reader) ---------------------------------------
+    async def aiter(self) -> AsyncIterator[dict[str, Any] | None]:
+        """The same events for an asyncio reader; reads of the source run in a worker thread."""
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+
+        def wake() -> None:  # called in the publisher's thread
+            try:
+                loop.call_soon_threadsafe(woken.set)
+            except RuntimeError:  # the loop is closed: this reader is gone
+                pass
+
+        self._subscription.waker = wake
+        try:
+            if self._complete:
+                return
+            while True:
+                event = self._next_in_backlog()
+                if event is not None:
+                    yield event
+                    if _is_terminal(event) and not self._refill(await asyncio.to_thread(self._catch_up)):
                         return
-            event = subscription.get(timeout=self.tick_s)
-            if event is None:
-                yield None
-                # Belt and braces: a live event is only missed if its watcher failed.
-                backlog.extend(self._catch_up())
-            elif subscription.overflowed or event["id"] > self.last_id + 1:
-                # This reader fell behind (or the feed skipped ids): the log has it all.
-                subscription.reset()
-                backlog.extend(self._catch_up())
-            else:
-                backlog.append(event)
+                    continue
+                live = await self._aget(woken)
+                if live is None:
+                    yield None
+                    self._refill(await asyncio.to_thread(self._catch_up))
+                elif self._needs_catch_up(live):
+                    self._subscription.reset()
+                    self._refill(await asyncio.to_thread(self._catch_up))  # the loop never reads files
+                else:
+                    self._backlog.append(live)
+        finally:
+            self._subscription.waker = None
+            self.close()
+
+    async def _aget(self, woken: asyncio.Event) -> dict[str, Any] | None:
+        event = self._subscription.get_nowait()
+        if event is not None:
+            return event
+        woken.clear()
+        event = self._subscription.get_nowait()  # offered between the first look and clear()
+        if event is not None:
+            return event
+        try:
+            await asyncio.wait_for(woken.wait(), self.tick_s)
+        except asyncio.TimeoutError:
+            return None
+        return self._subscription.get_nowait()
+
+    # -- the logic both share ---------------------------------------------------------
+    def _next_in_backlog(self) -> dict[str, Any] | None:
+        while self._backlog:
+            event = self._backlog.popleft()
+            if event["id"] > self.last_id:  # else already sent: history and live feed overlap
+                self.last_id = event["id"]
+                return event
+        return None
+
+    def _refill(self, events: list[dict[str, Any]]) -> bool:
+        """Add ``events`` to the backlog; whether it now holds any event not sent yet."""
+        self._backlog.extend(events)
+        return any(event["id"] > self.last_id for event in self._backlog)
+
+    def _needs_catch_up(self, live: dict[str, Any]) -> bool:
+        # This reader fell behind (its buffer overflowed) or the feed skipped ids: the log has it all.
+        return self._subscription.overflowed or live["id"] > self.last_id + 1
 
     def _catch_up(self) -> list[dict[str, Any]]:
         try:
@@ -112,7 +176,11 @@ class EventStream:
             return []
 
 
+def _is_terminal(event: dict[str, Any]) -> bool:
+    return event.get("type") in TERMINAL_EVENT_TYPES
+
+
 def _ends_with_terminal(source: Any, after_id: int) -> bool:
     """Whether the source's last event, already known to the client (id <= after_id), is terminal."""
     events = source.read(0)
-    return bool(events) and events[-1]["id"] <= after_id and events[-1].get("type") in TERMINAL_EVENT_TYPES
+    return bool(events) and events[-1]["id"] <= after_id and _is_terminal(events[-1])

@@ -18,10 +18,9 @@ whatever app the blueprint is mounted on.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 from flask_sock import Sock
@@ -30,24 +29,22 @@ from werkzeug.routing import BaseConverter, Map, Rule, WebsocketMismatch
 
 from ..events.broker import EventBroker
 from ..events.hub import EventHub
-from ..events.sources import SourceUnavailableError
-from ..events.stream import EventStream
-from ..record.ids import InvalidRunIdError, validate_run_id
 from ..record.jsonio import dumps_strict
 from ..record.run_dir import RunNotFoundError
-from .auth import token_ok
-from .catalog import RunCatalog, RunConflictError
+from .auth import CHALLENGE, UNAUTHORIZED, token_ok
+from .catalog import RunCatalog
 from .cors import CrossOriginPolicy
+from .protocol import ApiError, api_call, open_stream, parse_last_event_id, ws_reply
 from .settings import WebSettings
 from .sse import SSEBody
 
 log = logging.getLogger(__name__)
 
+API_BLUEPRINT = "trackbridge_api"
 STREAM_PATH = "/api/training/<run_id>/stream"
 WS_PATH = "/api/training/<run_id>/ws"
 # How often a WebSocket handler looks for client messages while no event comes.
 WS_TICK_S = 0.5
-_LAST_EVENT_ID = re.compile(r"\d{1,18}")
 _ANY_PATH = "trackbridge_any_path"
 # The blueprint's routes and methods, for telling 404 from 405 under its prefixes.
 _ROUTES = (
@@ -61,14 +58,17 @@ _ROUTES = (
 )
 
 
-class ApiError(Exception):
-    """An error answered as JSON with an HTTP status."""
+@dataclass(frozen=True)
+class LiveApi:
+    """What one mounted blueprint serves from; kept in ``app.extensions[<blueprint name>]``.
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
+    The native ASGI routes (:mod:`.asgi`) serve the same streams from it.
+    """
+
+    settings: WebSettings
+    catalog: RunCatalog
+    hub: EventHub
+    policy: CrossOriginPolicy
 
 
 def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -98,7 +98,7 @@ def create_blueprint(
     broker: EventBroker | None = None,
     heartbeat_s: float = 15.0,
     poll_interval_s: float = 0.05,
-    name: str = "trackbridge_api",
+    name: str = API_BLUEPRINT,
     settings: WebSettings | None = None,
 ) -> Blueprint:
     """The live API over the runs under ``runs_root`` as a Blueprint (routes keep their ``/api`` paths).
@@ -122,42 +122,39 @@ def create_blueprint(
     catalog = RunCatalog(settings)
     hub = EventHub(broker)
     policy = CrossOriginPolicy(settings.cors_origins)
+    live = LiveApi(settings, catalog, hub, policy)
     bp = Blueprint(name, __name__)
-    bp.catalog = catalog  # type: ignore[attr-defined]  # for the app (and its tests) to reach
-    bp.hub = hub  # type: ignore[attr-defined]
     sock = Sock()
     route_map = Map(
         [Rule(path, methods=methods, endpoint=path, websocket=path == WS_PATH) for path, methods in _ROUTES]
     )
 
     @bp.record_once
-    def _install_converter(state: Any) -> None:
+    def _install(state: Any) -> None:
         state.app.url_map.converters.setdefault(_ANY_PATH, _AnyPath)
+        state.app.extensions[name] = live
 
     # -- guards ------------------------------------------------------------------
     @bp.before_request
     def _guard() -> Response | None:
         if request.method == "OPTIONS":
-            return policy.apply(request, Response(status=204))  # CORS preflight: no token on it
-        if not token_ok(request, settings.token):
-            return error_response(
-                401,
-                "missing or wrong token: send 'Authorization: Bearer <TRACKBRIDGE_TOKEN>' or ?token=",
-                {"WWW-Authenticate": 'Bearer realm="trackbridge"'},
-            )
+            return Response(status=204)  # a CORS preflight carries no token; _cors adds the headers
+        if not token_ok(request.headers, request.args, settings.token):
+            return error_response(401, UNAUTHORIZED, CHALLENGE)
         if request.method == "POST" or _is_websocket():
-            reason = policy.refuses(request)
+            reason = policy.refusal(request.headers.get("Origin"), request.host)
             if reason:
                 return error_response(403, reason)
         return None
 
     @bp.after_request
     def _cors(response: Response) -> Response:
-        return policy.apply(request, response)
+        response.headers.update(policy.headers(request.headers.get("Origin"), request.method))
+        return response
 
     @bp.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
-        return error_response(exc.status, exc.message, exc.headers)
+        return json_response(exc.body(), exc.status, exc.headers)
 
     @bp.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
@@ -170,15 +167,15 @@ def create_blueprint(
 
     @bp.get("/api/runs/<run_id>")
     def run(run_id: str) -> Response:
-        return json_response(_call(catalog.run, run_id))
+        return json_response(api_call(catalog.run, run_id))
 
     @bp.get("/api/runs/<run_id>/metrics")
     def metrics(run_id: str) -> Response:
-        return json_response(_call(catalog.metrics, run_id))
+        return json_response(api_call(catalog.metrics, run_id))
 
     @bp.post("/api/runs/<run_id>/stop")
     def stop(run_id: str) -> Response:
-        return json_response(_call(catalog.request_stop, run_id, "api"), 202)
+        return json_response(api_call(catalog.request_stop, run_id, "api"), 202)
 
     @bp.post("/api/runs/<run_id>/register")
     def register(run_id: str) -> Response:
@@ -188,7 +185,7 @@ def create_blueprint(
         alias = body.get("alias", "champion")
         if not isinstance(alias, str) or not alias:
             raise ApiError(400, "`alias` must be a non-empty string")
-        run_dir = _call(_local_or_404, catalog, run_id)
+        run_dir = api_call(_local_or_404, catalog, run_id)
         # No tracking URI: the version goes to the MLflow the run is mirrored to (its run.json says which).
         return json_response(_register(run_dir, body["name"], alias), 201)
 
@@ -197,7 +194,7 @@ def create_blueprint(
     def stream(run_id: str) -> Response:
         after_id = _last_event_id()
         catalog.sweep_dead_runs()
-        events = _open_stream(catalog, hub, run_id, after_id, settings.heartbeat_s)
+        events = open_stream(catalog, hub, run_id, after_id, settings.heartbeat_s)
         return Response(
             SSEBody(events),
             mimetype="text/event-stream",
@@ -218,13 +215,13 @@ def create_blueprint(
                 "`trackbridge serve` (gunicorn gthread)",
             )
         _last_event_id()
-        _call(catalog.event_source, (request.view_args or {}).get("run_id"))
+        api_call(catalog.event_source, (request.view_args or {}).get("run_id"))
         return None
 
     @sock.route(WS_PATH, bp=bp)
     def websocket(ws: Any, run_id: str) -> None:
         try:
-            events = _open_stream(catalog, hub, run_id, _last_event_id(), WS_TICK_S)
+            events = open_stream(catalog, hub, run_id, _last_event_id(), WS_TICK_S)
         except ApiError as exc:  # the run vanished between the handshake and now
             ws.send(dumps_strict({"type": "error", "error": exc.message, "status": exc.status}))
             return
@@ -236,7 +233,7 @@ def create_blueprint(
                 if not ws.connected:
                     return
                 while (message := ws.receive(timeout=0)) is not None:
-                    ws.send(dumps_strict(_ws_message(catalog, run_id, message)))
+                    ws.send(dumps_strict(ws_reply(catalog, run_id, message)))
 
     # -- JSON for every other path under the API's prefixes ------------------------------
     @bp.route(f"/api/runs/<{_ANY_PATH}:rest>", methods=_ALL_METHODS, merge_slashes=False)
@@ -275,26 +272,7 @@ def _has_raw_socket() -> bool:
 
 
 def _last_event_id() -> int:
-    """``Last-Event-ID`` (a browser's reconnect) wins over ``?last_event_id=`` (the first connect)."""
-    raw = request.headers.get("Last-Event-ID")
-    if raw is None or raw.strip() == "":
-        raw = request.args.get("last_event_id", "")
-    raw = raw.strip()
-    if raw == "":
-        return 0
-    if not _LAST_EVENT_ID.fullmatch(raw):
-        raise ApiError(400, f"Last-Event-ID must be a non-negative integer (an event id), got {raw[:40]!r}")
-    return int(raw)
-
-
-def _open_stream(catalog: RunCatalog, hub: EventHub, run_id: str, after_id: int, tick_s: float) -> EventStream:
-    make_source = _call(catalog.event_source, run_id)
-    try:
-        return EventStream(hub, run_id, make_source, after_id, tick_s=tick_s)
-    except SourceUnavailableError as exc:
-        raise ApiError(503, str(exc)) from None
-    except OSError as exc:
-        raise ApiError(404, f"the events of run {run_id!r} cannot be read: {type(exc).__name__}") from None
+    return parse_last_event_id(request.headers.get("Last-Event-ID"), request.args.get("last_event_id"))
 
 
 def _local_or_404(catalog: RunCatalog, run_id: str) -> Any:
@@ -304,41 +282,11 @@ def _local_or_404(catalog: RunCatalog, run_id: str) -> Any:
     return run_dir
 
 
-def _call(function: Callable[..., Any], *args: Any) -> Any:
-    """Run a catalog call, turning its errors into JSON ones."""
-    try:
-        return function(*args)
-    except InvalidRunIdError as exc:
-        raise ApiError(400, str(exc)) from None
-    except RunNotFoundError as exc:
-        raise ApiError(404, str(exc)) from None
-    except RunConflictError as exc:
-        raise ApiError(409, str(exc)) from None
-    except SourceUnavailableError as exc:
-        raise ApiError(503, str(exc)) from None
-    except (OSError, ValueError) as exc:  # a run.json being replaced, unreadable, or not JSON
-        run_id = args[-1] if args and isinstance(args[-1], str) else "?"
-        raise ApiError(404, f"run {run_id!r} cannot be read: {type(exc).__name__}") from None
-
-
-def _ws_message(catalog: RunCatalog, run_id: str, message: str | bytes) -> dict[str, Any]:
-    """The answer to a client message: ``{"type": "stop"}`` is the one it may send."""
-    try:
-        data = json.loads(message)
-    except (TypeError, ValueError):
-        data = None
-    if not isinstance(data, dict) or data.get("type") != "stop":
-        return {"type": "error", "error": 'unknown message; send {"type": "stop"} to stop the run', "status": 400}
-    try:
-        return {"type": "stop_requested", **_call(catalog.request_stop, run_id, "websocket")}
-    except ApiError as exc:
-        return {"type": "error", "error": exc.message, "status": exc.status}
-
-
 def _register(run_dir: Any, name: str, alias: str) -> dict[str, Any]:
     try:
+        from ..mirror.client import MLFLOW_ERRORS
         from ..mirror.registry import RegistrationError, register_run
-    except ImportError as exc:
+    except ImportError as exc:  # MLflow is not installed
         raise ApiError(501, f"model registration is not available: {exc}") from None
     try:
         return register_run(run_dir, name, alias=alias)
@@ -346,6 +294,8 @@ def _register(run_dir: Any, name: str, alias: str) -> dict[str, Any]:
         raise ApiError(409, str(exc)) from None
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
+    except MLFLOW_ERRORS as exc:  # the tracking server is down or refused
+        raise ApiError(503, f"MLflow could not register run {run_dir.run_id!r}: {type(exc).__name__}: {exc}") from None
 
 
-__all__ = ["ApiError", "create_blueprint", "error_response", "json_response"]
+__all__ = ["API_BLUEPRINT", "LiveApi", "create_blueprint", "error_response", "json_response"]

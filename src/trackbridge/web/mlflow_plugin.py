@@ -14,16 +14,17 @@ server's own backend store).
 
 Which of MLflow's server modes carry what (see the README):
 
-- ``--gunicorn-opts "--worker-class gthread --threads 256"``: SSE and WebSocket,
-  one thread per stream. The recommended mode for the live API.
-- uvicorn (the default): SSE works through MLflow's WSGI bridge, but each
-  stream holds one of the bridge's worker threads (anyio's default pool of 40
-  per process, shared with MLflow's own REST calls); WebSockets are refused
-  by MLflow's bridge before they reach Flask.
-- ``--waitress-opts``: SSE only, each stream holding one of waitress's threads
-  (4 by default); no WebSocket (waitress gives no raw socket).
-- plain ``--gunicorn-opts ""`` (sync workers): one request per worker at a
-  time — a single stream blocks a worker. Don't.
+- uvicorn (the default): SSE and WebSocket, served natively on MLflow's
+  FastAPI app (:mod:`.asgi`): a stream costs a coroutine, not a thread.
+  Through MLflow's WSGI bridge alone, a stream would hold one of the bridge's
+  40 threads per process (shared with MLflow's REST API) until its run ends,
+  and WebSockets would be refused.
+- ``--gunicorn-opts "--worker-class gthread --threads 256"``: SSE and
+  WebSocket through the Flask blueprint, one thread per open stream.
+- ``--waitress-opts``: SSE only, each stream holding one of waitress's
+  threads (4 by default); no WebSocket (waitress gives no raw socket: 501).
+- ``--gunicorn-opts ""`` (sync workers): one request per worker at a time;
+  a single open stream blocks a whole worker. Don't.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 from flask import Flask
 
 from .app import mount
+from .blueprint import API_BLUEPRINT
 from .settings import WebSettings
 
 PAGE_PREFIX = "/trackbridge"
@@ -48,7 +50,12 @@ def create_app(app: Flask | None = None) -> Any:
     if _server_kind() == "uvicorn":
         from mlflow.server.fastapi_app import create_fastapi_app
 
-        return create_fastapi_app(app)
+        from .asgi import install
+
+        asgi_app = create_fastapi_app(app)
+        # The stream and the WebSocket natively on uvicorn: no bridge thread per stream.
+        install(asgi_app, app.extensions[API_BLUEPRINT])
+        return asgi_app
     return app
 
 
