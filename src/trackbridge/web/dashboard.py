@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 from flask import Blueprint, Response, render_template, request, send_from_directory, url_for
 
 from ..record.ids import InvalidRunIdError, validate_run_id
-from .auth import token_ok
+from .auth import CHALLENGE, token_ok
 from .blueprint import error_response
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -53,13 +53,9 @@ def create_dashboard_blueprint(
 
     @bp.before_request
     def _check_token() -> Response | None:
-        if token_ok(request, token):
+        if token_ok(request.headers, request.args, token):
             return None
-        return error_response(
-            401,
-            "missing or wrong token: open the page as ...?token=<TRACKBRIDGE_TOKEN>",
-            {"WWW-Authenticate": 'Bearer realm="trackbridge"'},
-        )
+        return error_response(401, "missing or wrong token: open the page as ...?token=<TRACKBRIDGE_TOKEN>", CHALLENGE)
 
     @bp.get("/")
     def runs_page() -> Response:
