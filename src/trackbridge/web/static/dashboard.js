@@ -413,6 +413,10 @@
       if (run.max_epochs != null) state.maxEpochs = run.max_epochs;
       var resumed = isTerminal() && !TERMINAL[run.status] && run.resumed_at && run.resumed_at !== state.resumedAt;
       state.resumedAt = run.resumed_at || null;
+      // An API that tells the run's last event id spares the stream a replay of the history.
+      if (!state.stream && isNum(run.last_event_id) && run.last_event_id > state.lastEventId) {
+        state.lastEventId = run.last_event_id;
+      }
       // A terminal status goes back to running only when the run was resumed:
       // otherwise a run.json read just before the terminal event must not undo it.
       if (!isTerminal() || TERMINAL[run.status] || resumed) {
