@@ -7,16 +7,17 @@ waits on the network. The worker:
 - connects lazily (experiment, run, tags, params) and reconnects after outages;
 - batches points into ``log_batch`` requests within MLflow's limits, after a
   short linger so that one request carries many points;
-- uploads artifacts one at a time, latest wins: a path waiting for upload is
-  read when its turn comes, so three best.ckpt changes during one upload cost
-  one more upload, of the newest file;
+- uploads artifacts one at a time during training, latest wins: a path
+  waiting for upload is read when its turn comes, so three best.ckpt changes
+  during one upload cost one more upload, of the newest file;
 - sets the MLflow status last, once every point and artifact before it is in;
 - catches MLflow's errors in exactly one place, :meth:`MirrorWorker._attempt`:
   a refused request (4xx) drops what it carried and says so; anything else is
   an outage, announced once, retried with exponential backoff;
 - keeps the cursor in run.json (:mod:`trackbridge.mirror.cursor`) up to date,
   so ``trackbridge sync`` knows what is left;
-- on :meth:`close`, flushes within a deadline and leaves the rest to sync.
+- at the end (:meth:`end_run`, :meth:`close`) sends the last points and every
+  upload at once, then the status, within a deadline; the rest is left to sync.
 """
 
 from __future__ import annotations
@@ -338,12 +339,14 @@ class MirrorWorker:
         (close, status, uploads) wake it early: steps arriving at training
         speed then cost the training thread's GIL almost nothing.
         """
-        if timeout is None:
-            first = [self._queue.get()]
-        else:
-            if timeout > 0:
-                self._wake.wait(timeout)
-            first = []
+        first = []
+        if not self._points and self._down_since is None:  # idle: any item is news
+            try:
+                first = [self._queue.get(timeout=timeout)] if timeout != 0.0 else []
+            except queue.Empty:
+                pass
+        elif timeout is None or timeout > 0:
+            self._wake.wait(timeout)
         self._wake.clear()
         with self._lock:
             if self._abandoned:
@@ -561,10 +564,9 @@ class MirrorWorker:
     def _final_wave(self) -> None:
         """The flush training waits for: the last points and every upload, all at once.
 
-        Their round trips overlap (the status follows, alone). Outside
-        interpreter shutdown a small thread pool does it; should one of the
-        requests fail, what succeeded is kept and the error goes to
-        :meth:`_attempt` like any other.
+        Their round trips overlap (the status follows, alone) in a small
+        thread pool; should one of the requests fail, what succeeded is kept
+        and the error goes to :meth:`_attempt` like any other.
         """
         head = next(batches([p.point for p in self._points]), None)
         paths = list(self._uploads)
@@ -688,6 +690,7 @@ class MirrorWorker:
     def _finish(self) -> None:
         """End of the flush: write the cursor, and say what was left for sync."""
         self._write_cursor(force=True)
+        shutil.rmtree(self.run_dir.path / UPLOAD_DIR, ignore_errors=True)
         if not self._done():
             self._announce_left()
 
