@@ -72,6 +72,12 @@ def test_api_stream_replays_a_finished_run_then_ends(client) -> None:
     assert _sse_ids(both.get_data(as_text=True)) == [3]
 
 
+def test_api_head_of_a_live_stream_answers_at_once(client) -> None:
+    response = client.head("/api/training/live/stream")  # a live run: a GET would stream until it ends
+    assert response.status_code == 200 and response.mimetype == "text/event-stream"
+    assert client.head("/api/training/nope/stream").status_code == 404
+
+
 def test_api_stop_writes_the_stop_request_of_a_live_run_only(client, runs_root: Path) -> None:
     response = client.post("/api/runs/live/stop")
     assert response.status_code == 202 and response.get_json()["stop_requested"] is True

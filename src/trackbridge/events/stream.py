@@ -19,6 +19,11 @@ from .types import TERMINAL_EVENT_TYPES
 log = logging.getLogger(__name__)
 
 
+class _Idle:
+    def __repr__(self) -> str:
+        return "EventStream.IDLE"
+
+
 class EventStream:
     """Iterate over the run's events with ``id > after_id`` in order, then live ones.
 
@@ -34,7 +39,14 @@ class EventStream:
     history (blocking I/O), so an unreadable source raises there
     (``OSError``), before any byte is sent. Always :meth:`close` it (or use
     ``with``): that unsubscribes. It also unsubscribes when it ends.
+
+    With ``mark_idle=True`` it also yields :attr:`IDLE` whenever it is about
+    to wait for the next live event: a writer can batch the events of a burst
+    (an epoch's end and its checkpoints) into one write and flush on IDLE.
     """
+
+    #: Yielded (with ``mark_idle=True``) before waiting: nothing more is ready now.
+    IDLE = _Idle()
 
     def __init__(
         self,
@@ -44,9 +56,11 @@ class EventStream:
         after_id: int = 0,
         *,
         tick_s: float = 15.0,
+        mark_idle: bool = False,
     ) -> None:
         self.run_id = run_id
         self.tick_s = tick_s
+        self.mark_idle = mark_idle
         self.last_id = after_id
         self._subscription = hub.subscribe(run_id, make_source)
         try:
@@ -59,10 +73,10 @@ class EventStream:
         self._events = self._follow()
 
     # -- blocking iteration (a thread per reader) ----------------------------------
-    def __iter__(self) -> Iterator[dict[str, Any] | None]:
+    def __iter__(self) -> Iterator[Any]:
         return self
 
-    def __next__(self) -> dict[str, Any] | None:
+    def __next__(self) -> Any:
         return next(self._events)
 
     def close(self) -> None:
@@ -75,7 +89,7 @@ class EventStream:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _follow(self) -> Iterator[dict[str, Any] | None]:
+    def _follow(self) -> Iterator[Any]:
         try:
             if self._complete:
                 return
@@ -86,7 +100,11 @@ class EventStream:
                     if _is_terminal(event) and not self._refill(self._catch_up()):
                         return
                     continue
-                live = self._subscription.get(timeout=self.tick_s)
+                live = self._subscription.get_nowait()
+                if live is None:
+                    if self.mark_idle:
+                        yield self.IDLE
+                    live = self._subscription.get(timeout=self.tick_s)
                 if live is None:
                     yield None
                     self._refill(self._catch_up())  # belt and braces: only a failed watcher misses one
@@ -101,7 +119,7 @@ class EventStream:
             self._subscription.close()
 
     # -- asyncio iteration (no thread per reader) ---------------------------------------
-    async def aiter(self) -> AsyncIterator[dict[str, Any] | None]:
+    async def aiter(self) -> AsyncIterator[Any]:
         """The same events for an asyncio reader; reads of the source run in a worker thread."""
         loop = asyncio.get_running_loop()
         woken = asyncio.Event()
@@ -123,7 +141,11 @@ class EventStream:
                     if _is_terminal(event) and not self._refill(await asyncio.to_thread(self._catch_up)):
                         return
                     continue
-                live = await self._aget(woken)
+                live = self._subscription.get_nowait()
+                if live is None:
+                    if self.mark_idle:
+                        yield self.IDLE
+                    live = await self._aget(woken)
                 if live is None:
                     yield None
                     self._refill(await asyncio.to_thread(self._catch_up))
@@ -137,9 +159,6 @@ class EventStream:
             self.close()
 
     async def _aget(self, woken: asyncio.Event) -> dict[str, Any] | None:
-        event = self._subscription.get_nowait()
-        if event is not None:
-            return event
         woken.clear()
         event = self._subscription.get_nowait()  # offered between the first look and clear()
         if event is not None:

@@ -15,6 +15,7 @@ the API stays in the blueprint.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any, Mapping
 
@@ -29,8 +30,8 @@ from ..events.stream import EventStream
 from ..record.jsonio import dumps_strict
 from .auth import CHALLENGE, UNAUTHORIZED, token_ok
 from .blueprint import LiveApi
-from .protocol import ApiError, open_stream, parse_last_event_id, ws_reply
-from .sse import HEARTBEAT, OPENING, format_event
+from .protocol import ApiError, api_call, open_stream, parse_last_event_id, ws_reply
+from .sse import HEARTBEAT, OPENING, event_json, format_event
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,15 @@ def live_routes(live: LiveApi) -> list[BaseRoute]:
         try:
             _check_token(live, request.headers, request.query_params)
             after_id = parse_last_event_id(request.headers.get("last-event-id"), request.query_params.get("last_event_id"))
+            if request.method == "HEAD":
+                await asyncio.to_thread(api_call, live.catalog.event_source, request.path_params["run_id"])
+                return Response(media_type="text/event-stream", headers={"Cache-Control": "no-store"})
             await asyncio.to_thread(live.catalog.sweep_dead_runs)
             events = await asyncio.to_thread(
-                open_stream, live.catalog, live.hub, request.path_params["run_id"], after_id, live.settings.heartbeat_s
+                functools.partial(
+                    open_stream, live.catalog, live.hub, request.path_params["run_id"], after_id,
+                    live.settings.heartbeat_s, mark_idle=True,
+                )
             )
         except ApiError as exc:
             return _error(exc, live.policy.headers(request.headers.get("origin"), request.method))
@@ -104,7 +111,7 @@ async def _serve_websocket(ws: WebSocket, events: EventStream, live: LiveApi, ru
         group.start_soon(answer_client)
         async for event in events.aiter():
             if event is not None:
-                await ws.send_text(dumps_strict(event))
+                await ws.send_text(event_json(event))
         group.cancel_scope.cancel()
     await ws.close()
 
@@ -118,8 +125,19 @@ class _SSEResponse(StreamingResponse):
 
     async def _body(self):  # type: ignore[no-untyped-def]
         yield OPENING
-        async for event in self.events.aiter():
-            yield HEARTBEAT if event is None else format_event(event)
+        batch: list[bytes] = []  # a burst of events (an epoch's end, its checkpoints) is one write
+        async for item in self.events.aiter():
+            if item is EventStream.IDLE:
+                if batch:
+                    yield b"".join(batch)
+                    batch = []
+            elif item is None:
+                yield b"".join(batch) + HEARTBEAT
+                batch = []
+            else:
+                batch.append(format_event(item))
+        if batch:
+            yield b"".join(batch)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

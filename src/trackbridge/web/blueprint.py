@@ -36,7 +36,7 @@ from .catalog import RunCatalog
 from .cors import CrossOriginPolicy
 from .protocol import ApiError, api_call, open_stream, parse_last_event_id, ws_reply
 from .settings import WebSettings
-from .sse import SSEBody
+from .sse import SSEBody, event_json
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def create_blueprint(
     tracking_uri: str | None = None,
     broker: EventBroker | None = None,
     heartbeat_s: float = 15.0,
-    poll_interval_s: float = 0.05,
+    poll_interval_s: float = 0.02,
     name: str = API_BLUEPRINT,
     settings: WebSettings | None = None,
 ) -> Blueprint:
@@ -193,12 +193,16 @@ def create_blueprint(
     @bp.get(STREAM_PATH)
     def stream(run_id: str) -> Response:
         after_id = _last_event_id()
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        if request.method == "HEAD":  # no body: don't hold a thread on a stream nobody reads
+            api_call(catalog.event_source, run_id)
+            return Response(mimetype="text/event-stream", headers=headers)
         catalog.sweep_dead_runs()
-        events = open_stream(catalog, hub, run_id, after_id, settings.heartbeat_s)
+        events = open_stream(catalog, hub, run_id, after_id, settings.heartbeat_s, mark_idle=True)
         return Response(
             SSEBody(events),
             mimetype="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            headers=headers,
         )
 
     # Refuse a WebSocket with a plain JSON answer before the upgrade: an unknown
@@ -228,7 +232,7 @@ def create_blueprint(
         with events:
             for event in events:
                 if event is not None:
-                    ws.send(dumps_strict(event))
+                    ws.send(event_json(event))
                     continue
                 if not ws.connected:
                     return

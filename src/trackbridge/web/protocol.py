@@ -63,11 +63,13 @@ def parse_last_event_id(header: str | None, query: str | None) -> int:
     return int(raw)
 
 
-def open_stream(catalog: RunCatalog, hub: EventHub, run_id: str, after_id: int, tick_s: float) -> EventStream:
+def open_stream(
+    catalog: RunCatalog, hub: EventHub, run_id: str, after_id: int, tick_s: float, *, mark_idle: bool = False
+) -> EventStream:
     """The run's EventStream from ``after_id`` (blocking: subscribes and reads the history)."""
     make_source = api_call(catalog.event_source, run_id)
     try:
-        return EventStream(hub, run_id, make_source, after_id, tick_s=tick_s)
+        return EventStream(hub, run_id, make_source, after_id, tick_s=tick_s, mark_idle=mark_idle)
     except SourceUnavailableError as exc:
         raise ApiError(503, str(exc)) from None
     except OSError as exc:

@@ -38,7 +38,7 @@ class WebSettings:
     cors_origins: tuple[str, ...] = ()
     tracking_uri: str | None = None
     heartbeat_s: float = 15.0
-    poll_interval_s: float = 0.05
+    poll_interval_s: float = 0.02
     mlflow_poll_interval_s: float = 2.0
     dead_run_check_s: float = 5.0
 

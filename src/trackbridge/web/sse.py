@@ -6,7 +6,9 @@ event, and the JSON's ``type`` says which one it is.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import threading
+from collections import OrderedDict
+from typing import Any, Iterable, Iterator
 
 from ..events.stream import EventStream
 from ..record.jsonio import dumps_strict
@@ -16,9 +18,63 @@ HEARTBEAT = b": heartbeat\n\n"
 OPENING = b": trackbridge event stream\nretry: 2000\n\n"
 
 
+class _Serialized:
+    """The wire forms of the events being fanned out now, computed once per event.
+
+    A live event reaches every reader of a run as the *same* dict (the broker
+    hands one object to all its subscribers), so a thousand readers cost one
+    serialization, not a thousand. Keyed by identity; an entry holds the event
+    itself, so its id cannot be reused by another object while it is cached.
+    """
+
+    def __init__(self, size: int = 512) -> None:
+        self.size = size
+        self._entries: OrderedDict[int, tuple[dict[str, Any], str, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, event: dict[str, Any]) -> tuple[str, bytes]:
+        key = id(event)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] is event:
+                return entry[1], entry[2]
+        text = dumps_strict(event)
+        frame = f"id: {event['id']}\ndata: {text}\n\n".encode("utf-8")
+        with self._lock:
+            self._entries[key] = (event, text, frame)
+            if len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return text, frame
+
+
+_SERIALIZED = _Serialized()
+
+
+def event_json(event: dict[str, Any]) -> str:
+    """The event as strict JSON: a WebSocket message, the ``data:`` of an SSE frame."""
+    return _SERIALIZED.get(event)[0]
+
+
 def format_event(event: dict[str, Any]) -> bytes:
-    """``id: <id>\\ndata: <strict JSON>\\n\\n`` (one line: strict JSON has no raw newline)."""
-    return f"id: {event['id']}\ndata: {dumps_strict(event)}\n\n".encode("utf-8")
+    """The SSE frame ``id: <id>``, ``data: <strict JSON>``, blank line (strict JSON has no raw newline)."""
+    return _SERIALIZED.get(event)[1]
+
+
+def frames(items: Iterable[Any]) -> Iterator[bytes]:
+    """SSE bytes for what an EventStream (``mark_idle=True``) yields: a burst of events is one write."""
+    batch: list[bytes] = []
+    for item in items:
+        if item is EventStream.IDLE:
+            if batch:
+                yield b"".join(batch)
+                batch = []
+        elif item is None:
+            yield b"".join(batch) + HEARTBEAT
+            batch = []
+        else:
+            batch.append(format_event(item))
+    if batch:
+        yield b"".join(batch)
 
 
 class SSEBody:
@@ -35,8 +91,7 @@ class SSEBody:
 
     def _generate(self) -> Iterator[bytes]:
         yield OPENING
-        for event in self.stream:
-            yield HEARTBEAT if event is None else format_event(event)
+        yield from frames(self.stream)
 
     def __iter__(self) -> "SSEBody":
         return self
