@@ -205,3 +205,27 @@ def test_embedded_default_creates_mlruns_sqlite(tmp_path):
     artifacts = artifact_paths(client, cursor["run_id"])
     assert "metrics.json" in artifacts
     assert (tmp_path / "mlruns" / "artifacts").is_dir()  # artifacts next to the database
+
+
+def test_mirror_worker_uploads_only_the_newest_of_queued_changes(runs_root, mlflow_server, tmp_path):
+    """Three best.ckpt changes queued while the worker is busy cost one upload, of the newest file."""
+    from mlflow.artifacts import download_artifacts
+
+    from trackbridge.mirror.worker import MirrorWorker
+
+    run_dir = RunDirectory(runs_root, uid("latest"))
+    run_dir.create({"task": "regression"})
+    worker = MirrorWorker(run_dir, tracking_uri=mlflow_server.url, experiment="trackbridge",
+                          params={"p": "1"}, tags={"trackbridge.run_id": run_dir.run_id})
+    for version in (b"v1", b"v2", b"v3"):  # the worker has not looked yet: as if busy uploading
+        run_dir.best_ckpt.write_bytes(version)
+        worker.upload("checkpoints/best.ckpt")
+    worker.start()
+    worker.end_run("FINISHED", None, [], None, timeout=30)
+    assert worker.close() is True
+    assert worker.stats.uploads == 1
+    local = download_artifacts(run_id=worker.mlflow_run_id, artifact_path="checkpoints/best.ckpt",
+                               dst_path=str(tmp_path), tracking_uri=mlflow_server.url)
+    assert open(local, "rb").read() == b"v3"
+    assert run_dir.read_run()["mlflow"]["artifacts_pending"] == []
+    assert not (run_dir.path / ".mlflow-upload").exists()
