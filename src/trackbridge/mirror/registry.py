@@ -41,8 +41,10 @@ class RegistrationError(ValueError):
     """The run cannot be registered (not completed, no best.ckpt, unknown module class)."""
 
 
-def check_registrable(run: dict[str, Any], run_dir: RunDirectory) -> None:
-    """Raise :class:`RegistrationError` unless the run completed and has a best.ckpt."""
+def check_registrable(run: dict[str, Any], run_dir: RunDirectory, alias: str = "champion") -> None:
+    """Raise :class:`RegistrationError` unless the run completed, has a best.ckpt, and ``alias`` is ours to set."""
+    if alias.lower() == "latest":
+        raise RegistrationError("'latest' is reserved by MLflow (models:/NAME@latest is always the newest version)")
     status = run.get("status")
     if status != RunStatus.COMPLETED.value:
         raise RegistrationError(
@@ -114,9 +116,7 @@ def register_checkpoint(
 
     _quiet_pickle_warning()
     run = run_dir.read_run()
-    check_registrable(run, run_dir)
-    if alias.lower() == "latest":
-        raise RegistrationError("'latest' is reserved by MLflow (models:/NAME@latest is always the newest version)")
+    check_registrable(run, run_dir, alias)
     module_class = module_class or recorded_class(run, run_dir)
     module = module_class.load_from_checkpoint(run_dir.best_ckpt, map_location="cpu")
     module.eval()
@@ -220,7 +220,7 @@ def register_run(
     from .sync import SyncJob
 
     run = run_dir.read_run()
-    check_registrable(run, run_dir)
+    check_registrable(run, run_dir, alias)
     module_class = module_class or recorded_class(run, run_dir)
     job = SyncJob(run_dir, tracking_uri)
     job.run()
