@@ -203,3 +203,14 @@ def test_stream_replay_with_a_terminal_event_in_the_middle_ends_at_the_last_one(
     with EventStream(EventHub(), "r1", lambda: FileEventSource(run_dir), 0, tick_s=5) as stream:
         assert _ids(stream) == [1, 2, 3, 4]
     assert time.monotonic() - started < 2
+
+
+def test_sse_frames_write_a_burst_at_once_and_heartbeats_between() -> None:
+    from trackbridge.web.sse import HEARTBEAT, format_event, frames
+
+    first, second, third = ({"id": i, "type": "epoch_end", "run_id": "r1"} for i in (1, 2, 3))
+    chunks = list(frames([first, second, EventStream.IDLE, None, third, EventStream.IDLE]))
+    assert chunks == [format_event(first) + format_event(second), HEARTBEAT, format_event(third)]
+    assert format_event(first) == b'id: 1\ndata: {"id": 1, "type": "epoch_end", "run_id": "r1"}\n\n'
+    same_id_other_content = {"id": 1, "type": "epoch_end", "run_id": "r2"}
+    assert b'"r2"' in format_event(same_id_other_content)  # the cache is by object, not by id

@@ -152,10 +152,11 @@ def test_mlflow_server_plugin_serves_health_rest_and_the_stream_on_one_port(
             assert client.get("/api/training/x/stream", headers={"Last-Event-ID": "no"}).status_code == 400
             assert client.get("/api/runs/nope/metrics").status_code == 404
             assert client.get("/api/training/nope/stream").json()["status"] == 404
-        events, _ = read_ws(f"{ws_base}/api/training/{RUN_ID}/ws", timeout=60)
-        assert events == file_events(mirrored, RUN_ID)
+        events, others = read_ws(f"{ws_base}/api/training/{RUN_ID}/ws", timeout=60)
+        assert events == file_events(mirrored, RUN_ID), others
         if mode == "uvicorn":
             _watch_a_live_training(mirrored, server.url, tmp_path)
+            _stop_with_a_stream_open(mirrored, server)
     finally:
         server.stop()
     assert "Traceback" not in (tmp_path / "mlflow" / "server.log").read_text()
@@ -188,3 +189,19 @@ def _watch_a_live_training(root: Path, url: str, tmp_path: Path) -> None:
     for result in results:
         assert result.error is None and result.events == expected and result.closed_by_server
     assert ws_result["events"] == expected
+
+
+def _stop_with_a_stream_open(root: Path, server: MlflowServer) -> None:
+    """uvicorn waits for open responses on shutdown; the plugin ends its streams first."""
+    import signal
+
+    from trackbridge.record import RunDirectory
+
+    RunDirectory(root, "plugin-waiting").create({"task": "regression"})  # pending: its stream never ends
+    with httpx.Client() as client, client.stream("GET", f"{server.url}/api/training/plugin-waiting/stream", timeout=30) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith(":")
+        started = time.monotonic()
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        server.proc.wait(timeout=20)
+        assert time.monotonic() - started < 10

@@ -215,3 +215,25 @@ def test_serve_cli_refuses_a_port_in_use(root: Path) -> None:
         result = run_cli("serve", "--port", str(busy.getsockname()[1]), "--runs-root", str(root), timeout=60)
     assert result.returncode == 2
     assert "is in use; pick another with --port" in result.stderr
+
+
+def test_serve_ctrl_c_ends_open_streams_and_exits_at_once(tmp_path: Path) -> None:
+    """A stream of a run that never ends must not keep the server from stopping."""
+    import signal
+
+    from trackbridge.record import RunDirectory
+
+    root = tmp_path / "runs"
+    RunDirectory(root, "waiting").create({"task": "regression"})  # pending: its stream would never end
+    server = ServeProcess(root)
+    try:
+        with httpx.Client() as client, client.stream("GET", f"{server.url}/api/training/waiting/stream", timeout=30) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith(":")  # the stream is open
+            started = time.monotonic()
+            server.proc.send_signal(signal.SIGINT)
+            assert server.proc.wait(timeout=15) == 0
+            assert time.monotonic() - started < 5
+            assert list(lines) is not None  # the server closed the stream: iteration ends
+    finally:
+        server.stop()

@@ -127,31 +127,67 @@ def read_sse(client: httpx.Client, url: str, headers: dict[str, str] | None = No
     return result
 
 
+class WebSocketRejected(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"handshake refused with HTTP {status}")
+        self.status = status
+
+
 def read_ws(url: str, timeout: float = 120.0, send: dict[str, Any] | None = None,
             send_when: Callable[[dict[str, Any]], bool] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(events, other messages) of a WebSocket until the server closes it; optionally send one message."""
-    import simple_websocket
+    """(events, other messages) of a WebSocket until the server closes it; optionally send one message.
 
-    ws = simple_websocket.Client.connect(url)
-    events, others = [], []
+    A small wsproto client: unlike simple-websocket's, it keeps the frames
+    that arrive in the same read as the handshake's answer (a fast server
+    sends a finished run's whole history, and closes, at once).
+    """
+    import socket as socket_module
+    from urllib.parse import urlsplit
+
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Message, RejectConnection, Request, TextMessage
+
+    parts = urlsplit(url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    sock = socket_module.create_connection((parts.hostname, parts.port), timeout=30)
+    sock.settimeout(1.0)
+    connection = WSConnection(ConnectionType.CLIENT)
+    sock.sendall(connection.send(Request(host=parts.netloc, target=target)))
+    events: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
+    text = ""
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            message = ws.receive(timeout=1)
-            if message is None:
+            try:
+                data = sock.recv(65536)
+            except socket_module.timeout:
                 continue
-            data = json.loads(message)
-            (events if "id" in data else others).append(data)
-            if send is not None and send_when is not None and send_when(data):
-                ws.send(json.dumps(send))
-                send = None
-    except simple_websocket.ConnectionClosed:
-        return events, others
+            connection.receive_data(data or None)
+            for event in connection.events():
+                if isinstance(event, RejectConnection):
+                    raise WebSocketRejected(event.status_code)
+                if isinstance(event, AcceptConnection):
+                    continue
+                if isinstance(event, TextMessage):
+                    text += event.data
+                    if not event.message_finished:
+                        continue
+                    message, text = json.loads(text), ""
+                    (events if "id" in message else others).append(message)
+                    if send is not None and send_when is not None and send_when(message):
+                        sock.sendall(connection.send(Message(data=json.dumps(send))))
+                        send = None
+                elif isinstance(event, CloseConnection):
+                    try:
+                        sock.sendall(connection.send(event.response()))
+                    except OSError:
+                        pass
+                    return events, others
+            if not data:
+                return events, others  # the server closed the connection without a close frame
     finally:
-        try:
-            ws.close()
-        except simple_websocket.ConnectionClosed:
-            pass
+        sock.close()
     raise TimeoutError(f"WebSocket {url} still open after {timeout} s; got {len(events)} events")
 
 

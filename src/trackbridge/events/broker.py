@@ -7,6 +7,9 @@ import threading
 from typing import Any, Callable
 
 
+_END = object()  # put in a buffer by end(): wakes a reader blocked in get()
+
+
 class Subscription:
     """One reader's bounded buffer of a run's events.
 
@@ -18,6 +21,8 @@ class Subscription:
     def __init__(self, broker: "EventBroker", run_id: str, maxsize: int) -> None:
         self.run_id = run_id
         self.overflowed = False
+        #: Set by :meth:`end` (the server is shutting down): the reader should stop.
+        self.ended = False
         #: Called (from the publisher's thread) after each offer: how an asyncio reader is woken.
         #: It must not block and must not raise.
         self.waker: Callable[[], None] | None = None
@@ -35,16 +40,28 @@ class Subscription:
     def get_nowait(self) -> dict[str, Any] | None:
         """The next buffered event, or None."""
         try:
-            return self._queue.get_nowait()
+            event = self._queue.get_nowait()
         except queue.Empty:
             return None
+        return None if event is _END else event
+
+    def end(self) -> None:
+        """Tell the reader to stop (sets :attr:`ended` and wakes it)."""
+        self.ended = True
+        try:
+            self._queue.put_nowait(_END)  # type: ignore[arg-type]
+        except queue.Full:
+            pass  # a full buffer: the reader is not blocked, it sees `ended` at its next get
+        if self.waker is not None:
+            self.waker()
 
     def get(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next event, or None after ``timeout`` seconds without one."""
         try:
-            return self._queue.get(timeout=timeout)
+            event = self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
+        return None if event is _END else event
 
     def reset(self) -> None:
         """Drop what is buffered and clear :attr:`overflowed` (before a catch-up read)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from typing import Callable
 
 from .broker import EventBroker, Subscription
@@ -35,6 +36,7 @@ class EventHub:
     def __init__(self, broker: EventBroker | None = None) -> None:
         self.broker = broker or EventBroker()
         self._watchers: dict[str, _Watcher] = {}
+        self._subscriptions: "weakref.WeakSet[Subscription]" = weakref.WeakSet()
         self._lock = threading.Lock()
         self._closed = threading.Event()
 
@@ -48,6 +50,9 @@ class EventHub:
         """
         with self._lock:
             subscription = self.broker.subscribe(run_id)
+            self._subscriptions.add(subscription)
+            if self._closed.is_set():
+                subscription.end()
             watcher = self._watchers.get(run_id)
             created = watcher is None
             if watcher is None:
@@ -62,8 +67,12 @@ class EventHub:
             return sorted(self._watchers)
 
     def close(self) -> None:
-        """Stop every watcher (readers then get only what the broker still holds)."""
-        self._closed.set()
+        """Stop every watcher and end every reader's stream (a server shutting down)."""
+        with self._lock:
+            self._closed.set()
+            subscriptions = list(self._subscriptions)
+        for subscription in subscriptions:
+            subscription.end()
 
     def _retire(self, watcher: "_Watcher") -> bool:
         """True (and forget ``watcher``) when its run has no subscriber left."""

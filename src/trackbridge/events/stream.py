@@ -105,6 +105,8 @@ class EventStream:
                     if self.mark_idle:
                         yield self.IDLE
                     live = self._subscription.get(timeout=self.tick_s)
+                if self._subscription.ended:  # the server is shutting down
+                    return
                 if live is None:
                     yield None
                     self._refill(self._catch_up())  # belt and braces: only a failed watcher misses one
@@ -146,6 +148,8 @@ class EventStream:
                     if self.mark_idle:
                         yield self.IDLE
                     live = await self._aget(woken)
+                if self._subscription.ended:  # the server is shutting down
+                    return
                 if live is None:
                     yield None
                     self._refill(await asyncio.to_thread(self._catch_up))

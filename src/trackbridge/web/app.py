@@ -14,7 +14,7 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from ..events.broker import EventBroker
-from .blueprint import create_blueprint, error_response, json_response
+from .blueprint import LiveApi, create_blueprint, error_response, json_response
 from .dashboard import create_dashboard_blueprint
 from .settings import WebSettings
 
@@ -69,3 +69,14 @@ def create_app(
         return error_response(exc.code or 400, exc.description or exc.name)
 
     return app
+
+
+def end_streams(app: Flask) -> None:
+    """End every open stream and WebSocket of ``app`` (its server is shutting down).
+
+    A live stream ends by itself only when its run does; without this, a
+    server's shutdown would wait for every watched run to finish.
+    """
+    for extension in list(app.extensions.values()):
+        if isinstance(extension, LiveApi):
+            extension.hub.close()

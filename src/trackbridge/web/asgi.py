@@ -82,8 +82,8 @@ def live_routes(live: LiveApi) -> list[BaseRoute]:
         try:
             await ws.accept()
             await _serve_websocket(ws, events, live, run_id)
-        except (WebSocketDisconnect, OSError, RuntimeError):  # the client left mid-send
-            pass
+        except (WebSocketDisconnect, OSError, RuntimeError) as exc:  # the client left mid-send
+            log.debug("WebSocket of run %s ended by the client: %r", run_id, exc)
         finally:
             events.close()
 

@@ -30,11 +30,13 @@ Which of MLflow's server modes carry what (see the README):
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from typing import Any
 
 from flask import Flask
 
-from .app import mount
+from .app import end_streams, mount
 from .blueprint import API_BLUEPRINT
 from .settings import WebSettings
 
@@ -55,8 +57,33 @@ def create_app(app: Flask | None = None) -> Any:
         asgi_app = create_fastapi_app(app)
         # The stream and the WebSocket natively on uvicorn: no bridge thread per stream.
         install(asgi_app, app.extensions[API_BLUEPRINT])
+        _end_streams_on_exit_signals(app)
         return asgi_app
     return app
+
+
+def _end_streams_on_exit_signals(app: Flask) -> None:
+    """Make Ctrl-C / SIGTERM end the open streams before uvicorn waits for them.
+
+    uvicorn's shutdown waits for every open response to complete, and a live
+    stream completes only when its run does: ``mlflow server`` would hang on
+    Ctrl-C while a dashboard is open. uvicorn loads this app inside its own
+    signal handling, so the handlers found here are uvicorn's: each is chained
+    after ending the streams (in a thread, since a signal handler must not
+    take the locks the interrupted code may hold).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(signum)
+        if not callable(previous):
+            continue
+
+        def handler(number: int, frame: Any, previous: Any = previous) -> None:
+            threading.Thread(target=end_streams, args=(app,), name="trackbridge-end-streams", daemon=True).start()
+            previous(number, frame)
+
+        signal.signal(signum, handler)
 
 
 def _server_tracking_uri() -> str | None:

@@ -17,6 +17,8 @@ from typing import Any, Callable
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from .app import end_streams
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_THREADS = 1024
@@ -34,10 +36,18 @@ class GunicornServer(BaseApplication):
         for key, value in self.options.items():
             if value is not None:
                 self.cfg.set(key, value)
+        self.cfg.set("worker_exit", self.end_streams)
 
     def load(self) -> Flask:
         # Built in the worker, after the fork: the app's watcher threads start there.
-        return self.app_factory()
+        self.app = self.app_factory()
+        return self.app
+
+    def end_streams(self, server: Any, worker: Any) -> None:
+        """gunicorn's ``worker_exit`` hook: open streams end, so the worker exits at once."""
+        app = getattr(self, "app", None)
+        if app is not None:
+            end_streams(app)
 
 
 def server_options(
