@@ -53,8 +53,10 @@ def test_api_lists_runs_with_their_mlflow_url(client) -> None:
 
 def test_api_run_and_metrics_are_the_files(client, runs_root: Path) -> None:
     run = client.get("/api/runs/done").get_json()
-    assert run == {**RunDirectory(runs_root, "done").read_run(), "mlflow_url": MLFLOW_URL}
-    assert client.get("/api/runs/done/metrics").get_json() == json.loads((runs_root / "done" / "metrics.json").read_text())
+    assert run == {**RunDirectory(runs_root, "done").read_run(), "mlflow_url": MLFLOW_URL, "last_event_id": 3}
+    metrics = json.loads((runs_root / "done" / "metrics.json").read_text())
+    assert client.get("/api/runs/done/metrics").get_json() == {**metrics, "last_event_id": 3}
+    assert client.get("/api/runs/live/metrics").get_json()["last_event_id"] == 2
 
 
 def test_api_stream_replays_a_finished_run_then_ends(client) -> None:

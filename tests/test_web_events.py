@@ -214,3 +214,13 @@ def test_sse_frames_write_a_burst_at_once_and_heartbeats_between() -> None:
     assert format_event(first) == b'id: 1\ndata: {"id": 1, "type": "epoch_end", "run_id": "r1"}\n\n'
     same_id_other_content = {"id": 1, "type": "epoch_end", "run_id": "r2"}
     assert b'"r2"' in format_event(same_id_other_content)  # the cache is by object, not by id
+
+
+def test_file_source_last_id_reads_the_tail_of_a_long_log(runs_root: Path) -> None:
+    run_dir, emitter = _run(runs_root)
+    assert FileEventSource(run_dir).last_id() == 0
+    for epoch in range(3000):  # ~400 KB: more than the first tail read
+        emitter.emit("progress", epoch=epoch, batch=1, padding="x" * 60)
+    with open(run_dir.events_jsonl, "a") as fh:
+        fh.write('{"id": 3001, "type": "epo')  # being written: not an event yet
+    assert FileEventSource(run_dir).last_id() == 3000

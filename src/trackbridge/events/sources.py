@@ -111,6 +111,27 @@ class FileEventSource:
                 events.append(event)
         return events
 
+    def last_id(self) -> int:
+        """The id of the log's last complete event (0 if none), read from its tail, not the whole file."""
+        try:
+            with open(self.path, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                chunk = 1 << 16
+                while True:
+                    start = max(0, size - chunk)
+                    fh.seek(start)
+                    data = fh.read(size - start)
+                    lines = data[: data.rfind(b"\n") + 1].splitlines()
+                    for line in reversed(lines if start == 0 else lines[1:]):  # lines[0] may be cut
+                        event = _parse_line(line)
+                        if event is not None:
+                            return event["id"]
+                    if start == 0:
+                        return 0
+                    chunk *= 4
+        except FileNotFoundError:
+            return 0
+
     def _rewind(self) -> None:
         self._offset = 0
         self._last_id = 0

@@ -99,7 +99,7 @@ class RunCatalog:
                 raise RunNotFoundError(f"run {run_id!r} cannot be read: {type(exc).__name__}") from None
             if not isinstance(run, dict):
                 raise RunNotFoundError(f"run {run_id!r} has no valid run.json")
-            return {**run, "mlflow_url": _mlflow_url(run)}
+            return {**run, "mlflow_url": _mlflow_url(run), "last_event_id": _last_event_id(run_dir)}
         source = self._mlflow_source(run_id)
         mlflow_run = source.run()
         records = source.epoch_records()
@@ -116,11 +116,16 @@ class RunCatalog:
         """metrics.json: ``{"epochs": [...]}`` (from MLflow's histories for a run not readable here)."""
         run_dir = self.local(run_id)
         if run_dir is not None:
+            # The event id first: an epoch's record is written before its epoch_end event,
+            # so these epochs hold every epoch_end up to this id (a stream can go on from it).
+            last_event_id = _last_event_id(run_dir)
             try:
-                return {"epochs": run_dir.read_metrics()}
+                return {"epochs": run_dir.read_metrics(), "last_event_id": last_event_id}
             except (OSError, ValueError, AttributeError):
-                return {"epochs": []}  # not written yet, or being replaced
-        return {"epochs": self._mlflow_source(run_id).epoch_records()}
+                return {"epochs": [], "last_event_id": last_event_id}  # not written yet, or being replaced
+        source = self._mlflow_source(run_id)
+        events = source.read()
+        return {"epochs": source.epoch_records(), "last_event_id": events[-1]["id"] if events else 0}
 
     def request_stop(self, run_id: str, requested_by: str) -> dict[str, Any]:
         """Ask a live run to stop at its next batch (writes the stop-request file)."""
@@ -199,6 +204,13 @@ class RunCatalog:
         from ..mirror.uri import mlflow_ui_url
 
         return mlflow_ui_url(self.settings.tracking_uri, mlflow_run.info.experiment_id, mlflow_run.info.run_id)
+
+
+def _last_event_id(run_dir: RunDirectory) -> int:
+    try:
+        return FileEventSource(run_dir).last_id()
+    except OSError:
+        return 0
 
 
 def summary(run: dict[str, Any], run_id: str) -> dict[str, Any]:
