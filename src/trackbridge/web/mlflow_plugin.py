@@ -21,8 +21,11 @@ Which of MLflow's server modes carry what (see the README):
   and WebSockets would be refused.
 - ``--gunicorn-opts "--worker-class gthread --threads 256"``: SSE and
   WebSocket through the Flask blueprint, one thread per open stream.
-- ``--waitress-opts``: SSE only, each stream holding one of waitress's
-  threads (4 by default); no WebSocket (waitress gives no raw socket: 501).
+- ``--waitress-opts``: MLflow 3.17 cannot start any ``--app-name`` plugin this
+  way outside Windows (it passes both ``create_app()`` and ``--call`` to
+  waitress, which refuses). Loaded by waitress directly, the plugin serves SSE,
+  each stream holding one of waitress's threads (4 by default), and answers a
+  WebSocket with 501 (waitress gives no raw socket).
 - ``--gunicorn-opts ""`` (sync workers): one request per worker at a time;
   a single open stream blocks a whole worker. Don't.
 """
