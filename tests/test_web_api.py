@@ -231,3 +231,23 @@ def _fuzz_client(root: Path):
         _FUZZ_CLIENTS.clear()
         _FUZZ_CLIENTS[root] = create_app(root, token="s3cret", heartbeat_s=0.05).test_client()
     return _FUZZ_CLIENTS[root]
+
+
+def test_api_marks_a_dead_run_failed_and_ends_its_stream(runs_root: Path) -> None:
+    """A run whose training process died without reporting: the list says failed, the stream ends."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    run_dir = _make_run(runs_root, "crashed", status="running")
+    run_dir.update_run(pid=int(gone.stdout), host=socket.gethostname(), pid_started_at=0.0)
+    client = create_app(runs_root, heartbeat_s=0.1).test_client()
+    runs = {r["run_id"]: r for r in client.get("/api/runs").get_json()["runs"]}
+    assert runs["crashed"]["status"] == "failed" and "exited without reporting" in runs["crashed"]["error"]
+    other = _make_run(runs_root, "crashed-2", status="running")
+    other.update_run(pid=int(gone.stdout), host=socket.gethostname(), pid_started_at=0.0)
+    fresh = create_app(runs_root, heartbeat_s=0.1).test_client()  # its stream, not a list, finds the death
+    body = fresh.get("/api/training/crashed-2/stream").get_data(as_text=True)
+    events = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
+    assert [e["type"] for e in events] == ["run_started", "epoch_end", "training_failed"]
