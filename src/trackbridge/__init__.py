@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .config import TrackingConfig
-from .events import EventBroker, EventLog, EventType, mark_dead_runs
+from .events import EventBroker, EventHub, EventLog, EventStream, EventType, FileEventSource, MlflowEventSource, mark_dead_runs
 from .record import (
     InvalidRunIdError,
     InvalidTransitionError,
@@ -37,15 +37,28 @@ _LAZY = {
     "StopRequestWatcher": "trackbridge.callbacks",
     "TrainingLogFile": "trackbridge.callbacks",
     "build_callbacks": "trackbridge.callbacks",
+    "MLflowMirror": "trackbridge.callbacks.mlflow_mirror",
+    "RegistrationError": "trackbridge.mirror.registry",
+    "register_run": "trackbridge.mirror.registry",
+    "SyncResult": "trackbridge.mirror.sync",
+    "sync_run": "trackbridge.mirror.sync",
+    "WebSettings": "trackbridge.web",
+    "create_app": "trackbridge.web",
+    "create_blueprint": "trackbridge.web",
+    "create_dashboard_blueprint": "trackbridge.web.dashboard",
 }
 
 __all__ = sorted(
     [
         "EventBroker",
+        "EventHub",
         "EventLog",
+        "EventStream",
         "EventType",
+        "FileEventSource",
         "InvalidRunIdError",
         "InvalidTransitionError",
+        "MlflowEventSource",
         "RunDirectory",
         "RunExistsError",
         "RunNotFoundError",
@@ -89,3 +102,8 @@ if TYPE_CHECKING:
         TrainingLogFile,
         build_callbacks,
     )
+    from .callbacks.mlflow_mirror import MLflowMirror
+    from .mirror.registry import RegistrationError, register_run
+    from .mirror.sync import SyncResult, sync_run
+    from .web import WebSettings, create_app, create_blueprint
+    from .web.dashboard import create_dashboard_blueprint
