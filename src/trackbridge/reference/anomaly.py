@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
-from torch.utils.data import TensorDataset
 from torchmetrics.classification import BinaryAUROC
 
 from .base import ReferenceModule
 from .data import ReferenceDataModule
-from .tabular import load_digits_split
+from .tabular import TabularSplit, load_digits_split
 
 
 class DigitsAutoencoder(ReferenceModule):
@@ -41,18 +39,16 @@ class DigitsAutoencoder(ReferenceModule):
         recon = torch.sigmoid(self.decoder(self.encoder(x)))  # pixels live in [0, 1]
         return (recon - x).pow(2).mean(dim=1)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, _ = batch  # the training set holds normal samples only
-        loss = self.reconstruction_error(x).mean()
-        self.log_train_loss(loss)
-        return loss
+    def loss(self, score: torch.Tensor, _label: torch.Tensor) -> torch.Tensor:
+        # Mean reconstruction error; labels are unused (the training set holds normal samples only).
+        return score.mean()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, is_anomaly = batch
-        score = self.reconstruction_error(x)
+        score = self(x)
         self.val_auroc(score, is_anomaly)
         # The loss over normal and anomalous samples alike: it still tracks reconstruction.
-        self.log_val("val_loss", score.mean())
+        self.log_val("val_loss", self.loss(score, is_anomaly))
         self.log_val("val_auroc", self.val_auroc)
 
 
@@ -67,12 +63,12 @@ def build(
     split = load_digits_split(seed)
     normal = split.y_train != anomaly_class
     is_anomaly = (split.y_val == anomaly_class).long()
-    data = ReferenceDataModule(
-        TensorDataset(split.x_train[normal], torch.zeros(int(normal.sum()), dtype=torch.long)),
-        TensorDataset(split.x_val, is_anomaly),
+    # Label 0 for every training sample: only normal digits are trained on.
+    normal_labels = torch.zeros(int(normal.sum()), dtype=torch.long)
+    served = TabularSplit(split.x_train[normal], normal_labels, split.x_val, is_anomaly)
+    data = served.datamodule(
         name=f"sklearn_digits_anomaly_{anomaly_class}",
         batch_size=batch_size or 32,
-        val_batch_size=512,
         seed=seed,
         steps_per_epoch=steps_per_epoch,
     )

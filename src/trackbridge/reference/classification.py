@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import TensorDataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from .base import ReferenceModule
@@ -32,18 +31,15 @@ class DigitsClassifier(ReferenceModule):
         """Class logits, shape (batch, num_classes)."""
         return self.net(x)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.log_train_loss(loss)
-        return loss
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
         self.val_accuracy(logits, y)
         self.val_f1(logits, y)
-        self.log_val("val_loss", F.cross_entropy(logits, y))
+        self.log_val("val_loss", self.loss(logits, y))
         self.log_val("val_accuracy", self.val_accuracy)
         self.log_val("val_f1", self.val_f1)
 
@@ -53,12 +49,9 @@ def build(
 ) -> tuple[DigitsClassifier, ReferenceDataModule]:
     """The digits classifier and its data (80/20 split, batch 64 by default)."""
     split = load_digits_split(seed)
-    data = ReferenceDataModule(
-        TensorDataset(split.x_train, split.y_train),
-        TensorDataset(split.x_val, split.y_val),
+    data = split.datamodule(
         name="sklearn_digits",
         batch_size=batch_size or 64,
-        val_batch_size=512,
         seed=seed,
         steps_per_epoch=steps_per_epoch,
     )

@@ -7,37 +7,61 @@ and class logits. Decoding keeps cells that beat their neighbours: no anchors, n
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Sequence
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torchmetrics import Metric
 
-from .base import ReferenceModule
+from .mean_ap_module import MeanAPModule
 from .nets import grid_backbone
 
 STRIDE = 4
 
 
-class GridDetector(ReferenceModule):
+class GridDetector(MeanAPModule):
     """Shared network, loss, decoding and validation; subclasses define the box geometry.
 
     Target grids and head outputs are laid out as channels
-    ``[objectness, *geometry (geometry_channels), class index | class logits]``.
-    Subclasses set ``self.val_map`` (a metric whose ``compute()`` returns ``map``/``map_50``).
+    ``[objectness, *geometry (geometry_channels), class index | class logits]``; the first
+    four geometry channels are always the centre offset in the cell and log width/height in
+    cells (see :func:`encode_grid`). Subclasses add channels after them, decode boxes in
+    :meth:`cell_boxes` and pick their metric in :meth:`make_val_map`.
     """
 
     geometry_channels: int = 4
 
-    def _build_network(self, num_classes: int, width: int) -> None:
+    def __init__(
+        self,
+        num_classes: int = 2,
+        width: int = 32,
+        lr: float = 3e-3,
+        pos_weight: float = 4.0,
+        max_detections: int = 20,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
         self.backbone = grid_backbone(3, width)
         self.head = nn.Conv2d(2 * width, 1 + self.geometry_channels + num_classes, 1)
+        self.val_map = self.make_val_map()
+
+    def make_val_map(self) -> Metric:
+        """The validation metric; its ``compute()`` returns ``map`` and ``map_50``."""
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Raw head output, (batch, 1 + geometry_channels + num_classes, H/4, W/4)."""
         return self.head(self.backbone(x))
 
     def geometry_loss(self, pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
-        """Loss between predicted and target geometry channels of the cells holding objects."""
-        raise NotImplementedError
+        """L1 loss on centre offsets and log sizes of the cells holding objects.
+
+        Subclasses with more geometry channels add their own terms to this one.
+        """
+        centre = F.l1_loss(torch.sigmoid(pred[:, :2]), true[:, :2])
+        return centre + F.l1_loss(pred[:, 2:4], true[:, 2:4])
 
     def cell_boxes(self, raw: torch.Tensor) -> torch.Tensor:
         """The box every cell would predict, (batch, H/4, W/4, box size) in pixels."""
@@ -80,32 +104,20 @@ class GridDetector(ReferenceModule):
             )
         return out
 
-    def cell_centres(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predicted object centres in pixels, each (batch, H/4, W/4), from channels 1-2."""
+    def cell_centre_size(
+        self, raw: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Predicted centre x, y and width, height in pixels, each (batch, H/4, W/4)."""
         gh, gw = raw.shape[-2:]
         gy, gx = torch.meshgrid(
             torch.arange(gh, device=raw.device), torch.arange(gw, device=raw.device), indexing="ij"
         )
-        return (gx + torch.sigmoid(raw[:, 1])) * STRIDE, (gy + torch.sigmoid(raw[:, 2])) * STRIDE
-
-    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
-        images, grid, _ = batch
-        loss = self.loss(self(images), grid)
-        self.log_train_loss(loss)
-        return loss
-
-    def validation_step(self, batch: tuple, batch_idx: int) -> None:
-        images, grid, targets = batch
-        raw = self(images)
-        self.log_val("val_loss", self.loss(raw, grid))
-        self.val_map.update(self.decode(raw), targets)
-
-    def on_validation_epoch_end(self) -> None:
-        # compute() gathers every process's images first, so all ranks log the same value.
-        result = self.val_map.compute()
-        self.val_map.reset()
-        self.log_val("val_mAP", result["map"])
-        self.log_val("val_mAP_50", result["map_50"])
+        cx = (gx + torch.sigmoid(raw[:, 1])) * STRIDE
+        cy = (gy + torch.sigmoid(raw[:, 2])) * STRIDE
+        # The clamp keeps an untrained network's exp() finite.
+        w = raw[:, 3].clamp(max=4).exp() * STRIDE
+        h = raw[:, 4].clamp(max=4).exp() * STRIDE
+        return cx, cy, w, h
 
 
 def centre_cell(cx: float, cy: float, grid_size: int) -> tuple[int, int, float, float]:
@@ -113,3 +125,21 @@ def centre_cell(cx: float, cy: float, grid_size: int) -> tuple[int, int, float, 
     x, y = cx / STRIDE, cy / STRIDE
     i, j = min(int(y), grid_size - 1), min(int(x), grid_size - 1)
     return i, j, x - j, y - i
+
+
+def encode_grid(
+    objects: Iterable[tuple[Sequence[float], int]], size: int, geometry_channels: int
+) -> torch.Tensor:
+    """Target grid of one image, (2 + geometry_channels, size/4, size/4).
+
+    Each object is ``((cx, cy, w, h, *extra), label)`` in pixels. Its owning cell holds
+    objectness 1, the centre offset in the cell, log width/height in cells, ``extra`` as
+    given, and the class index: the layout :class:`GridDetector` learns.
+    """
+    g = size // STRIDE
+    grid = torch.zeros(2 + geometry_channels, g, g)
+    for (cx, cy, w, h, *extra), label in objects:
+        i, j, off_x, off_y = centre_cell(cx, cy, g)
+        log_w, log_h = math.log(w / STRIDE), math.log(h / STRIDE)
+        grid[:, i, j] = torch.tensor([1.0, off_x, off_y, log_w, log_h, *extra, label])
+    return grid

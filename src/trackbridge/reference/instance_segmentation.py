@@ -7,21 +7,25 @@ that class over the region. Judged by COCO mask mAP as ``val_mAP_mask``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import Dataset
 
-from .base import ReferenceModule
 from .coco_map import CocoMeanAveragePrecision
 from .data import ListDataset, ReferenceDataModule, collate_with_targets
+from .mean_ap_module import MeanAPModule
 from .nets import dense_fcn
-from .scenes import Scene, render_scenes
+from .scene_data import SceneData, object_labels, scene_dataset
+from .scenes import Scene
 from .segmentation import semantic_mask
 
 
-class InstanceSegmenter(ReferenceModule):
+class InstanceSegmenter(MeanAPModule):
     """Image -> per-pixel logits (background + classes); :meth:`decode` yields instance masks."""
+
+    map_key = "val_mAP_mask"
 
     def __init__(
         self, num_classes: int = 2, width: int = 16, lr: float = 1e-2, min_pixels: int = 4
@@ -34,6 +38,9 @@ class InstanceSegmenter(ReferenceModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel logits, (batch, 1 + num_classes, H, W); channel 0 is background."""
         return self.net(x)
+
+    def loss(self, logits: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, semantic)
 
     @torch.no_grad()
     def decode(self, logits: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -64,62 +71,26 @@ class InstanceSegmenter(ReferenceModule):
             )
         return out
 
-    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
-        images, semantic, _ = batch
-        loss = F.cross_entropy(self(images), semantic)
-        self.log_train_loss(loss)
-        return loss
 
-    def validation_step(self, batch: tuple, batch_idx: int) -> None:
-        images, semantic, targets = batch
-        logits = self(images)
-        self.log_val("val_loss", F.cross_entropy(logits, semantic))
-        self.val_map.update(self.decode(logits), targets)
-
-    def on_validation_epoch_end(self) -> None:
-        # compute() gathers every process's images first, so all ranks log the same value.
-        result = self.val_map.compute()
-        self.val_map.reset()
-        self.log_val("val_mAP_mask", result["map"])
-        self.log_val("val_mAP_mask_50", result["map_50"])
+def instance_targets(scene: Scene) -> dict[str, torch.Tensor]:
+    """``masks`` (N, H, W) bool and ``labels`` of one scene."""
+    masks = np.zeros((0, *scene.image.shape[1:]), bool)
+    if scene.objects:
+        masks = np.stack([o.mask for o in scene.objects])
+    return {"masks": torch.from_numpy(masks), "labels": object_labels(scene)}
 
 
-def instance_dataset(scenes: list[Scene]) -> Dataset:
+def instance_dataset(scenes: list[Scene]) -> ListDataset:
     """(image, semantic class map, {"masks": (N, H, W) bool, "labels"}) per scene."""
-    items = []
-    for scene in scenes:
-        h, w = scene.image.shape[1:]
-        masks = np.zeros((0, h, w), bool)
-        if scene.objects:
-            masks = np.stack([o.mask for o in scene.objects])
-        target = {
-            "masks": torch.from_numpy(masks),
-            "labels": torch.tensor([o.label for o in scene.objects], dtype=torch.long),
-        }
-        items.append((torch.from_numpy(scene.image), torch.from_numpy(semantic_mask(scene)), target))
-    return ListDataset(items)
+    return scene_dataset(scenes, lambda s: torch.from_numpy(semantic_mask(s)), instance_targets)
 
 
-def build(
-    *,
-    seed: int = 0,
-    steps_per_epoch: int | None = None,
-    batch_size: int | None = None,
-    train_size: int = 512,
-    val_size: int = 128,
-    image_size: int = 32,
-) -> tuple[InstanceSegmenter, ReferenceDataModule]:
-    """The instance segmenter and its generated data (train and val from different seeds)."""
-    train = render_scenes(train_size, "shapes", seed=seed, size=image_size)
-    val = render_scenes(val_size, "shapes", seed=seed + 1_000_003, size=image_size)
-    data = ReferenceDataModule(
-        instance_dataset(train),
-        instance_dataset(val),
-        name="synthetic_shape_instances",
-        batch_size=batch_size or 8,
-        val_batch_size=64,
-        seed=seed,
-        steps_per_epoch=steps_per_epoch,
-        collate_fn=collate_with_targets,
-    )
+INSTANCE_DATA = SceneData(
+    "shapes", "synthetic_shape_instances", instance_dataset, collate_with_targets
+)
+
+
+def build(**options: Any) -> tuple[InstanceSegmenter, ReferenceDataModule]:
+    """The instance segmenter and its data (``options``: :meth:`.SceneData.datamodule`)."""
+    data = INSTANCE_DATA.datamodule(**options)
     return InstanceSegmenter(num_classes=2), data

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import TensorDataset
 from torchmetrics.regression import MeanAbsoluteError
 
 from .base import ReferenceModule
@@ -37,21 +36,15 @@ class DiabetesRegressor(ReferenceModule):
         """Predictions in target units, shape (batch,)."""
         return self.net(x).squeeze(-1) * self.hparams.target_std + self.hparams.target_mean
 
-    def _standardised_loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # MSE on the standardised scale keeps gradients O(1) whatever the target's units.
         return F.mse_loss(pred / self.hparams.target_std, y / self.hparams.target_std)
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = self._standardised_loss(self(x), y)
-        self.log_train_loss(loss)
-        return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         pred = self(x)
         self.val_mae(pred, y)
-        self.log_val("val_loss", self._standardised_loss(pred, y))
+        self.log_val("val_loss", self.loss(pred, y))
         self.log_val("val_mae", self.val_mae)
 
 
@@ -60,12 +53,9 @@ def build(
 ) -> tuple[DiabetesRegressor, ReferenceDataModule]:
     """The diabetes regressor and its data (80/20 split, batch 16 by default)."""
     split = load_diabetes_split(seed)
-    data = ReferenceDataModule(
-        TensorDataset(split.x_train, split.y_train),
-        TensorDataset(split.x_val, split.y_val),
+    data = split.datamodule(
         name="sklearn_diabetes",
         batch_size=batch_size or 16,
-        val_batch_size=512,
         seed=seed,
         steps_per_epoch=steps_per_epoch,
     )

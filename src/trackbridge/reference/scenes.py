@@ -38,6 +38,11 @@ class Scene:
     image: np.ndarray
     objects: list[SceneObject]
 
+    @property
+    def size(self) -> int:
+        """Side of the square image, in pixels."""
+        return self.image.shape[-1]
+
 
 @lru_cache(maxsize=8)
 def pixel_centres(size: int) -> tuple[np.ndarray, np.ndarray]:

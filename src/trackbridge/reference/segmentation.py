@@ -5,6 +5,8 @@ Classes: 0 background, 1 disc, 2 square. Judged by mean IoU over the classes (``
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -14,7 +16,8 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from .base import ReferenceModule
 from .data import ReferenceDataModule
 from .nets import dense_fcn
-from .scenes import Scene, render_scenes
+from .scene_data import SceneData
+from .scenes import Scene
 
 
 class ShapeSegmenter(ReferenceModule):
@@ -30,17 +33,14 @@ class ShapeSegmenter(ReferenceModule):
         """Per-pixel class logits, (batch, num_classes, H, W)."""
         return self.net(x)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        images, masks = batch
-        loss = F.cross_entropy(self(images), masks)
-        self.log_train_loss(loss)
-        return loss
+    def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, masks)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, masks = batch
         logits = self(images)
         self.val_miou(logits.argmax(dim=1), masks)
-        self.log_val("val_loss", F.cross_entropy(logits, masks))
+        self.log_val("val_loss", self.loss(logits, masks))
         self.log_val("val_mIoU", self.val_miou)
 
 
@@ -59,25 +59,15 @@ def segmentation_tensors(scenes: list[Scene]) -> tuple[torch.Tensor, torch.Tenso
     return images, masks
 
 
-def build(
-    *,
-    seed: int = 0,
-    steps_per_epoch: int | None = None,
-    batch_size: int | None = None,
-    train_size: int = 512,
-    val_size: int = 128,
-    image_size: int = 32,
-) -> tuple[ShapeSegmenter, ReferenceDataModule]:
-    """The segmenter and its generated data (train and val drawn from different seeds)."""
-    train = render_scenes(train_size, "shapes", seed=seed, size=image_size)
-    val = render_scenes(val_size, "shapes", seed=seed + 1_000_003, size=image_size)
-    data = ReferenceDataModule(
-        TensorDataset(*segmentation_tensors(train)),
-        TensorDataset(*segmentation_tensors(val)),
-        name="synthetic_shapes",
-        batch_size=batch_size or 8,
-        val_batch_size=64,
-        seed=seed,
-        steps_per_epoch=steps_per_epoch,
-    )
+def segmentation_dataset(scenes: list[Scene]) -> TensorDataset:
+    """(image, class map) per scene."""
+    return TensorDataset(*segmentation_tensors(scenes))
+
+
+SHAPE_DATA = SceneData("shapes", "synthetic_shapes", segmentation_dataset)
+
+
+def build(**options: Any) -> tuple[ShapeSegmenter, ReferenceDataModule]:
+    """The segmenter and its generated data (``options``: :meth:`.SceneData.datamodule`)."""
+    data = SHAPE_DATA.datamodule(**options)
     return ShapeSegmenter(num_classes=3), data

@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import TensorDataset
 
-from .data import split_indices
+from .data import ReferenceDataModule, split_indices
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,20 @@ class TabularSplit:
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
+
+    def datamodule(
+        self, *, name: str, batch_size: int, seed: int, steps_per_epoch: int | None
+    ) -> ReferenceDataModule:
+        """Serve the split as (features, target) batches, validation 512 at a time."""
+        return ReferenceDataModule(
+            TensorDataset(self.x_train, self.y_train),
+            TensorDataset(self.x_val, self.y_val),
+            name=name,
+            batch_size=batch_size,
+            val_batch_size=512,
+            seed=seed,
+            steps_per_epoch=steps_per_epoch,
+        )
 
 
 def load_digits_split(seed: int, val_fraction: float = 0.2) -> TabularSplit:
