@@ -15,6 +15,17 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots and reports a test leaves for people
 
+# DESIGN §3's per-task table, written out here so the tests hold the code to the contract.
+DESIGN_TASKS: dict[str, tuple[str, str]] = {
+    "classification": ("val_accuracy", "max"),
+    "anomaly_detection": ("val_auroc", "max"),
+    "object_detection": ("val_mAP", "max"),
+    "oriented_object_detection": ("val_mAP", "max"),
+    "segmentation": ("val_mIoU", "max"),
+    "instance_segmentation": ("val_mAP_mask", "max"),
+    "regression": ("val_mae", "min"),
+}
+
 
 def free_port() -> int:
     with socket.socket() as sock:

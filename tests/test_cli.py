@@ -13,17 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import DESIGN_TASKS, run_cli
 
-TASKS = {
-    "classification": ("val_accuracy", "max"),
-    "anomaly_detection": ("val_auroc", "max"),
-    "object_detection": ("val_mAP", "max"),
-    "oriented_object_detection": ("val_mAP", "max"),
-    "segmentation": ("val_mIoU", "max"),
-    "instance_segmentation": ("val_mAP_mask", "max"),
-    "regression": ("val_mae", "min"),
-}
 
 
 def strict_loads(text: str):
@@ -33,7 +24,7 @@ def strict_loads(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", DESIGN_TASKS)
 def test_train_cli_records_every_task(task, tmp_path, mlflow_server):
     runs = tmp_path / "runs"
     result = run_cli("train", "--task", task, "--epochs", "3", "--run-id", f"t-{task}", "--runs-root", str(runs),
@@ -41,7 +32,7 @@ def test_train_cli_records_every_task(task, tmp_path, mlflow_server):
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = runs / f"t-{task}"
     assert f"t-{task}" in result.stdout and str(run_dir) in result.stdout
-    monitor, mode = TASKS[task]
+    monitor, mode = DESIGN_TASKS[task]
     info = strict_loads((run_dir / "run.json").read_text())
     assert info["status"] == "completed"
     assert (info["monitor"], info["mode"]) == (monitor, mode)

@@ -7,19 +7,11 @@ import dataclasses
 import pytest
 
 from trackbridge import TASKS, TrackingConfig, UnknownTaskError, get_task
-
-TABLE = {
-    "classification": ("val_accuracy", "max"),
-    "anomaly_detection": ("val_auroc", "max"),
-    "object_detection": ("val_mAP", "max"),
-    "oriented_object_detection": ("val_mAP", "max"),
-    "segmentation": ("val_mIoU", "max"),
-    "instance_segmentation": ("val_mAP_mask", "max"),
-    "regression": ("val_mae", "min"),
-}
+from conftest import DESIGN_TASKS
 
 
-@pytest.mark.parametrize("task,expected", TABLE.items())
+
+@pytest.mark.parametrize("task,expected", DESIGN_TASKS.items())
 def test_tasks_table_matches_the_design(task, expected):
     spec = get_task(task)
     assert (spec.monitor, spec.mode) == expected
@@ -28,13 +20,13 @@ def test_tasks_table_matches_the_design(task, expected):
 
 
 def test_tasks_table_has_exactly_seven_tasks():
-    assert list(TASKS) == list(TABLE)
+    assert list(TASKS) == list(DESIGN_TASKS)
 
 
 def test_get_task_unknown_lists_the_seven():
     with pytest.raises(UnknownTaskError) as info:
         get_task("detection")
-    for name in TABLE:
+    for name in DESIGN_TASKS:
         assert name in str(info.value)
 
 
@@ -64,6 +56,7 @@ def test_config_is_frozen_including_its_hyperparameters():
         ({"task": "regression", "mode": "up"}, "`mode` can be min, max"),
         ({"task": "regression", "mirror_checkpoints": "all"}, "best_last, none"),
         ({"task": "regression", "resume": True}, "needs the `run_id`"),
+        ({"task": "regression", "heartbeat_interval_s": 60}, "heartbeat_interval_s"),
     ],
 )
 def test_config_rejects_bad_values_with_a_clear_message(kwargs, message):

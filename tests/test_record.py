@@ -189,3 +189,31 @@ def test_epoch_record_values_are_finite_or_null():
                                 time=datetime.now(timezone.utc))
     assert record["x"] is None and "lr" not in record
     assert all(v is None or not isinstance(v, float) or math.isfinite(v) for v in record.values())
+
+
+def test_heartbeat_refreshes_run_json_while_alive(runs_root):
+    import time
+
+    from trackbridge.callbacks.heartbeat import Heartbeat
+
+    run = _running_run(runs_root, "beating", pid=os.getpid(), host=socket.gethostname())
+    first = run.read_run()["heartbeat_at"]
+    beat = Heartbeat(run, interval_s=0.05)
+    beat.start()
+    try:
+        deadline = time.monotonic() + 5
+        while run.read_run()["heartbeat_at"] == first and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        beat.stop()
+    assert run.read_run()["heartbeat_at"] > first
+    stopped_at = run.read_run()["heartbeat_at"]
+    time.sleep(0.2)
+    assert run.read_run()["heartbeat_at"] == stopped_at  # no beat after stop()
+
+
+def test_run_status_updater_refuses_a_heartbeat_slower_than_30_s(tmp_path):
+    from trackbridge import RunStatusUpdater
+
+    with pytest.raises(ValueError, match="heartbeat_interval_s"):
+        RunStatusUpdater(tmp_path / "r" / "run.json", heartbeat_interval_s=31)

@@ -12,17 +12,8 @@ import pytest
 import torch
 
 from trackbridge.reference import REFERENCE_TASKS, build_reference
+from conftest import DESIGN_TASKS
 
-# The task table: monitor key and direction each model must be judged by.
-MONITORS: dict[str, tuple[str, str]] = {
-    "classification": ("val_accuracy", "max"),
-    "anomaly_detection": ("val_auroc", "max"),
-    "object_detection": ("val_mAP", "max"),
-    "oriented_object_detection": ("val_mAP", "max"),
-    "segmentation": ("val_mIoU", "max"),
-    "instance_segmentation": ("val_mAP_mask", "max"),
-    "regression": ("val_mae", "min"),
-}
 EPOCHS = 3
 # Far above the few seconds a run takes, so only a gross slow-down fails on a busy machine.
 SECONDS_BUDGET = 60.0
@@ -85,13 +76,13 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 def test_reference_tasks_are_the_seven_of_the_task_table() -> None:
-    assert REFERENCE_TASKS == tuple(MONITORS)
+    assert REFERENCE_TASKS == tuple(DESIGN_TASKS)
 
 
 def test_reference_tasks_agree_with_trackbridge_task_specs() -> None:
     tasks = pytest.importorskip("trackbridge.tasks")
     assert tuple(tasks.TASKS) == REFERENCE_TASKS
-    for name, (monitor, mode) in MONITORS.items():
+    for name, (monitor, mode) in DESIGN_TASKS.items():
         assert (tasks.TASKS[name].monitor, tasks.TASKS[name].mode) == (monitor, mode)
 
 
@@ -128,7 +119,7 @@ def test_build_reference_same_seed_same_data_and_weights(task: str) -> None:
 
 
 def test_reference_model_logs_monitor_and_losses(trained: TrainedRun) -> None:
-    monitor, _ = MONITORS[trained.task]
+    monitor, _ = DESIGN_TASKS[trained.task]
     assert len(trained.epochs) == EPOCHS
     for metrics in trained.epochs:
         for key in (monitor, "train_loss", "val_loss"):
@@ -139,7 +130,7 @@ def test_reference_model_logs_monitor_and_losses(trained: TrainedRun) -> None:
 
 
 def test_reference_model_improves_monitor(trained: TrainedRun) -> None:
-    monitor, mode = MONITORS[trained.task]
+    monitor, mode = DESIGN_TASKS[trained.task]
     first, last = trained.epochs[0][monitor], trained.epochs[-1][monitor]
     if mode == "max":
         assert last > first, f"{trained.task}: {monitor} {first:.4f} -> {last:.4f}"
