@@ -68,8 +68,11 @@ class TrackingConfig:
             )
         if self.flush_timeout_s < 0:
             raise ValueError(f"`flush_timeout_s` must be >= 0, got {self.flush_timeout_s}")
-        if self.progress_interval_s <= 0 or self.heartbeat_interval_s <= 0:
-            raise ValueError("`progress_interval_s` and `heartbeat_interval_s` must be > 0")
+        if self.progress_interval_s <= 0:
+            raise ValueError(f"`progress_interval_s` must be > 0, got {self.progress_interval_s}")
+        if not 0 < self.heartbeat_interval_s <= 30:
+            # a reader on another host calls a run dead after TRACKBRIDGE_STALE_AFTER_S without a beat
+            raise ValueError(f"`heartbeat_interval_s` must be in (0, 30], got {self.heartbeat_interval_s}")
         if self.resume and self.run_id is None:
             raise ValueError("`resume=True` needs the `run_id` of the run to resume")
         # Freeze the mapping too: a frozen dataclass with a mutable dict inside is not frozen.
