@@ -31,7 +31,7 @@ from ..record.jsonio import dumps_strict
 from .auth import CHALLENGE, UNAUTHORIZED, token_ok
 from .blueprint import LiveApi
 from .protocol import ApiError, api_call, open_stream, parse_last_event_id, ws_reply
-from .sse import HEARTBEAT, OPENING, event_json, format_event
+from .sse import OPENING, FrameBatcher, event_json
 
 log = logging.getLogger(__name__)
 
@@ -125,19 +125,14 @@ class _SSEResponse(StreamingResponse):
 
     async def _body(self):  # type: ignore[no-untyped-def]
         yield OPENING
-        batch: list[bytes] = []  # a burst of events (an epoch's end, its checkpoints) is one write
+        batcher = FrameBatcher()
         async for item in self.events.aiter():
-            if item is EventStream.IDLE:
-                if batch:
-                    yield b"".join(batch)
-                    batch = []
-            elif item is None:
-                yield b"".join(batch) + HEARTBEAT
-                batch = []
-            else:
-                batch.append(format_event(item))
-        if batch:
-            yield b"".join(batch)
+            chunk = batcher.feed(item)
+            if chunk:
+                yield chunk
+        tail = batcher.flush()
+        if tail:
+            yield tail
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

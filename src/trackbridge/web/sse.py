@@ -60,21 +60,43 @@ def format_event(event: dict[str, Any]) -> bytes:
     return _SERIALIZED.get(event)[1]
 
 
-def frames(items: Iterable[Any]) -> Iterator[bytes]:
-    """SSE bytes for what an EventStream (``mark_idle=True``) yields: a burst of events is one write."""
-    batch: list[bytes] = []
-    for item in items:
+class FrameBatcher:
+    """Turns what an EventStream (``mark_idle=True``) yields into SSE writes.
+
+    A burst of events (an epoch's end and its checkpoints) becomes one write:
+    events are held until the stream goes idle, a heartbeat (``None``) or the end.
+    The one place both the WSGI body and the ASGI body frame events.
+    """
+
+    def __init__(self) -> None:
+        self._batch: list[bytes] = []
+
+    def feed(self, item: Any) -> bytes | None:
+        """The bytes to send now, if ``item`` ends a burst; else None."""
         if item is EventStream.IDLE:
-            if batch:
-                yield b"".join(batch)
-                batch = []
-        elif item is None:
-            yield b"".join(batch) + HEARTBEAT
-            batch = []
-        else:
-            batch.append(format_event(item))
-    if batch:
-        yield b"".join(batch)
+            return self.flush()
+        if item is None:
+            return (self.flush() or b"") + HEARTBEAT
+        self._batch.append(format_event(item))
+        return None
+
+    def flush(self) -> bytes | None:
+        if not self._batch:
+            return None
+        chunk, self._batch = b"".join(self._batch), []
+        return chunk
+
+
+def frames(items: Iterable[Any]) -> Iterator[bytes]:
+    """SSE bytes for what an EventStream (``mark_idle=True``) yields, a burst of events per write."""
+    batcher = FrameBatcher()
+    for item in items:
+        chunk = batcher.feed(item)
+        if chunk:
+            yield chunk
+    tail = batcher.flush()
+    if tail:
+        yield tail
 
 
 class SSEBody:
