@@ -156,7 +156,10 @@ def test_failing_run_is_failed_and_stopped_run_is_killed_in_mlflow(runs_root, ml
         fit_tiny(runs_root, fails, mlflow_server.url, module=TinyRegressor(fail_at_step=10))
     failed = RunDirectory(runs_root, fails).read_run()
     assert failed["status"] == "failed"
-    assert client.get_run(failed["mlflow"]["run_id"]).info.status == "FAILED"
+    failed_in_mlflow = client.get_run(failed["mlflow"]["run_id"])
+    assert failed_in_mlflow.info.status == "FAILED"
+    # the error travels too, so a stream served from MLflow alone can say why
+    assert failed_in_mlflow.data.tags["trackbridge.error"] == failed["error"] == "RuntimeError: boom at step 10"
     assert "logs/training.log" in artifact_paths(client, failed["mlflow"]["run_id"])
 
     _, _, trainer = fit_tiny(runs_root, stops, mlflow_server.url, epochs=5,

@@ -122,8 +122,8 @@ class MLflowMirror(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self.worker is None:
             return
-        status, _ = run_outcome(trainer, exception)
-        self._finish(status, pl_module)
+        status, error = run_outcome(trainer, exception)
+        self._finish(status, pl_module, error)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.worker is not None and self.worker.alive:  # fit ended without on_train_end/on_exception
@@ -154,14 +154,16 @@ class MLflowMirror(pl.Callback):
         self._mtimes[path] = mtime
         return True
 
-    def _finish(self, status: RunStatus, pl_module: pl.LightningModule) -> None:
+    def _finish(self, status: RunStatus, pl_module: pl.LightningModule, error: str | None = None) -> None:
         worker = self.worker
         assert worker is not None
         uploads = [path for path in self._checkpoint_paths() if self._changed(path)] + list(FINAL_ARTIFACTS)
         register = None
         if self.config.register_model and status is RunStatus.COMPLETED and self.run_dir.best_ckpt.is_file():
             register = (self.config.register_model, self.config.register_alias, type(pl_module))
-        worker.end_run(mlflow_status(status), end_ms_now(), uploads, register, self.config.flush_timeout_s)
+        worker.end_run(
+            mlflow_status(status), end_ms_now(), uploads, register, self.config.flush_timeout_s, error=error
+        )
         self.delivered = worker.close(self.config.flush_timeout_s)
 
 

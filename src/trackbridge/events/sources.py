@@ -18,6 +18,7 @@ import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..mlflow_tags import ERROR_TAG, MAX_EPOCHS_TAG, RUN_ID_TAG
 from ..record.clock import iso
 from ..record.epoch import STEP_SUFFIX
 from ..record.ids import validate_run_id
@@ -32,10 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # The tag the MLflow mirror puts on each MLflow run: the trackbridge run id.
-RUN_ID_TAG = "trackbridge.run_id"
-# Optional tags the mirror may set; read when present.
-MAX_EPOCHS_TAG = "trackbridge.max_epochs"
-ERROR_TAG = "trackbridge.error"
 
 _STATUS_BY_MLFLOW = {
     "FINISHED": RunStatus.COMPLETED,

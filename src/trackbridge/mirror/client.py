@@ -23,7 +23,7 @@ from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from .mapping import RUN_ID_TAG
+from ..mlflow_tags import RUN_ID_TAG
 from .uri import embedded_root
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ import logging
 import re
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
+from ..mlflow_tags import MAX_TAG_VALUE_LENGTH, RUN_ID_TAG, VERSION_TAG
 from ..record.clock import parse_iso
 from ..record.epoch import TIME_KEY, metric_items
 from ..record.status import RunStatus
@@ -26,11 +27,6 @@ MAX_REQUEST_BYTES = 1_000_000
 BATCH_BYTES_BUDGET = 900_000
 MAX_KEY_LENGTH = 250
 MAX_PARAM_VALUE_LENGTH = 6000
-MAX_TAG_VALUE_LENGTH = 8000
-
-# Tag on the MLflow run that links back to the local run.
-RUN_ID_TAG = "trackbridge.run_id"
-VERSION_TAG = "trackbridge.version"
 
 MLFLOW_STATUS: Mapping[RunStatus, str] = {
     RunStatus.PENDING: "RUNNING",

@@ -19,6 +19,7 @@ from ..record.jsonio import read_jsonl
 from ..record.run_dir import RunDirectory
 from ..record.status import RunStatus
 from .cursor import Cursor, cursor_of
+from ..mlflow_tags import ERROR_TAG, MAX_TAG_VALUE_LENGTH
 from .mapping import Point, batches, iso_to_ms, param_batches, record_points, run_params, run_tags, mlflow_status
 from .uri import mlflow_ui_url, resolve_tracking_uri
 
@@ -161,7 +162,8 @@ class SyncJob:
             self.steps.append(lambda relpath=relpath: self._upload(relpath))
         if found.info.status != target:
             end = run.get("completed_at")
-            self.steps.append(lambda: self._set_status(target, iso_to_ms(end) if end else None))
+            error = run.get("error")
+            self.steps.append(lambda: self._set_status(target, iso_to_ms(end) if end else None, error))
         pending = cursor["registration_pending"]
         if pending and status is RunStatus.COMPLETED:
             self.steps.append(lambda: self._register(pending["name"], pending.get("alias") or "champion"))
@@ -188,7 +190,9 @@ class SyncJob:
             self.result.artifacts_uploaded.append(relpath)
         self.cursor.remove_pending([relpath])
 
-    def _set_status(self, status: str, end_ms: int | None) -> None:
+    def _set_status(self, status: str, end_ms: int | None, error: str | None = None) -> None:
+        if error:
+            self.client.set_tag(self.mlflow_run_id, ERROR_TAG, error[:MAX_TAG_VALUE_LENGTH])
         self.client.set_terminated(self.mlflow_run_id, status=status, end_time=end_ms)
         self.result.status = status
         self.cursor.update(status_mirrored=status)

@@ -41,6 +41,7 @@ from ..record.clock import utc_now
 from ..record.run_dir import RunDirectory
 from .client import MLFLOW_ERRORS, create_run, ensure_experiment, find_run, is_rejection, make_client
 from .cursor import Cursor, CursorBuffer
+from ..mlflow_tags import ERROR_TAG, MAX_TAG_VALUE_LENGTH
 from .mapping import Point, batches, epoch_points, iso_to_ms, param_batches, step_points
 from .registry import RegistrationError
 from .uri import mlflow_ui_url
@@ -71,6 +72,7 @@ class _Upload:
 class _Status:
     status: str  # MLflow's: RUNNING, FINISHED, FAILED, KILLED
     end_ms: int | None
+    error: str | None = None  # run.json's error of a failed run, set as a tag
 
 
 @dataclass(frozen=True)
@@ -226,7 +228,7 @@ class MirrorWorker:
 
     def end_run(
         self, status: str, end_ms: int | None, uploads: list[str], register: tuple[str, str, type | None] | None,
-        timeout: float,
+        timeout: float, error: str | None = None,
     ) -> None:
         """Queue the end of the run in one go (uploads, status, registration), then :meth:`finish`.
 
@@ -235,7 +237,7 @@ class MirrorWorker:
         """
         for relpath in uploads:
             self._queue.put(_Upload(relpath))
-        self._queue.put(_Status(status, end_ms))
+        self._queue.put(_Status(status, end_ms, error))
         if register is not None:
             self._queue.put(_Register(*register))
         self.finish(timeout)
@@ -606,6 +608,8 @@ class MirrorWorker:
         self._changes.remove_pending(paths)
 
     def _send_status(self, item: _Status) -> None:
+        if item.error:
+            self._client.set_tag(self.mlflow_run_id, ERROR_TAG, item.error[:MAX_TAG_VALUE_LENGTH])
         self._client.set_terminated(self.mlflow_run_id, status=item.status, end_time=item.end_ms)
         self._status = None
         self._changes.set(status_mirrored=item.status)
