@@ -114,3 +114,43 @@ def test_ddp_mlflow_run_id_is_known_on_every_rank(ddp_run: dict) -> None:
     attached = ddp_run["reports"][1]["attached"]
     listed = [f.path for f in MlflowClient(ddp_run["server"].url).list_artifacts(mlflow_run_id, "ranks")]
     assert attached in listed
+
+
+STOP_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import lightning.pytorch as pl
+from tiny import TinyRegressor, tiny_loaders
+from trackbridge import RunDirectory, TrackingConfig, build_callbacks
+
+
+class RequestsStop(TinyRegressor):
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 6 and self.global_rank == 0:  # only rank zero sees the request appear
+            RunDirectory({runs!r}, "ddp-stop").request_stop("test")
+        return super().training_step(batch, batch_idx)
+
+
+stack = build_callbacks(TrackingConfig(task="regression", runs_root={runs!r}, run_id="ddp-stop", mlflow=False))
+train, val = tiny_loaders()
+trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=20, callbacks=stack, logger=False,
+                     enable_progress_bar=False, enable_model_summary=False)
+trainer.fit(RequestsStop(), train, val)
+print("rank", trainer.global_rank, "stopped at step", trainer.global_step)
+"""
+
+
+def test_ddp_stop_request_stops_every_rank_at_the_same_batch(tmp_path: "os.PathLike[str]") -> None:
+    runs = tmp_path / "runs"
+    script = tmp_path / "ddp_stop.py"
+    script.write_text(STOP_SCRIPT.format(tests=str(REPO / "tests"), runs=str(runs)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRACKBRIDGE_"))}
+    # a rank that stopped one batch later than the other would hang in the gradient all-reduce
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert sorted(line for line in result.stdout.splitlines() if line.startswith("rank")) == [
+        "rank 0 stopped at step 7", "rank 1 stopped at step 7"]
+    info = json.loads((runs / "ddp-stop" / "run.json").read_text())
+    assert info["status"] == "stopped"
+    assert [p.name for p in runs.iterdir()] == ["ddp-stop"]
