@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -50,6 +50,18 @@ def wait_for_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition",
+               interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned), or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached within {timeout} s")
 
 
 def mlflow_server_env() -> dict[str, str]:

@@ -307,11 +307,3 @@ class ObjectStore:
         stop_process_group(self.proc)
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not met within {timeout} s")

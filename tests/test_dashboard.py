@@ -17,7 +17,7 @@ import pytest
 import requests
 from flask import Flask
 
-from conftest import ARTIFACTS, REPO, free_port, wait_for_http
+from conftest import ARTIFACTS, REPO, free_port, wait_for_http, wait_until
 from trackbridge.web.app import create_app, mount
 from trackbridge.web.dashboard import STATIC_DIR, create_dashboard_blueprint
 from trackbridge.web.settings import WebSettings
@@ -160,14 +160,6 @@ def test_dashboard_blueprint_refuses_relative_api_path() -> None:
 
 
 # -- a live run in a real browser ----------------------------------------------------------------
-def _wait(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _read_json(path: Path) -> dict:
@@ -231,7 +223,7 @@ def test_dashboard_follows_a_live_run_and_stops_it_in_chromium(tmp_path: Path, m
     run_json = runs_root / run_id / "run.json"
     try:
         wait_for_http(f"{base}/health?token={token}", timeout=60, proc=serve)
-        _wait(lambda: _read_json(run_json).get("status") == "running", 90, "the training to start")
+        wait_until(lambda: _read_json(run_json).get("status") == "running", 90, "the training to start")
         with chromium() as browser:
             page = open_page(browser, f"{base}/runs/{run_id}?token={token}", viewport={"width": 1280, "height": 820})
             page.evaluate("window.__sameDocument = true")  # gone if the page reloads

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import psutil
 import pytest
 
-from conftest import free_port, wait_for_http
+from conftest import free_port, wait_for_http, wait_until
 from team_stack import (
     CONTAINER_RUNS_ROOT,
     ObjectStore,
@@ -44,7 +44,6 @@ from team_stack import (
     service_environment,
     stop_process_group,
     unlocalize,
-    wait_until,
 )
 
 pytestmark = pytest.mark.slow

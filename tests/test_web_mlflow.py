@@ -165,7 +165,8 @@ def test_mlflow_server_plugin_serves_health_rest_and_the_stream_on_one_port(
 def _watch_a_live_training(root: Path, url: str, tmp_path: Path) -> None:
     import threading
 
-    from web_clients import start_training, wait_until
+    from conftest import wait_until
+    from web_clients import start_training
 
     run_id = "plugin-live"
     training = start_training(root, run_id, epochs=3, batches=4, sleep=0.2, log=tmp_path / "train.log")

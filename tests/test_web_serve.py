@@ -22,8 +22,8 @@ from web_clients import (
     read_ws,
     run_status,
     start_training,
-    wait_until,
 )
+from conftest import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -76,14 +76,6 @@ class ServeProcess:
                 self.proc.wait(timeout=15)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} not reached within {timeout} s")
 
 
 def run_status(runs_root: Path, run_id: str) -> str | None:

@@ -16,26 +16,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from trackbridge import TrackingConfig, build_callbacks
 
+from tiny import TinyRegressor  # tests/ is this script's sys.path[0]
 
-class TinyRegressor(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = torch.nn.Linear(4, 1)
 
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = torch.nn.functional.mse_loss(self.net(x), y)
-        self.log("train_loss", loss, on_step=True, on_epoch=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        pred = self.net(x)
-        self.log("val_loss", torch.nn.functional.mse_loss(pred, y))
-        self.log("val_mae", (pred - y).abs().mean())
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
 class SleepAfterBatch(pl.Callback):
