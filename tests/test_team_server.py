@@ -150,7 +150,7 @@ def trained(team: Team) -> dict[str, Any]:
     started = time.monotonic()
     with open(log_path, "w") as log:  # a file, not a pipe: a full pipe would stall the training
         proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    process_view = _process_view(proc.pid)
+    process_view = _process_view(proc.pid, argv)
     try:
         run_dir = wait_until(lambda: next(iter(team.runs_root.glob("*/run.json")), None), 120, what="run.json").parent
         with httpx.stream("GET", f"{team.url}/api/training/{run_dir.name}/stream", timeout=httpx.Timeout(120)) as response:
@@ -172,8 +172,13 @@ def trained(team: Team) -> dict[str, Any]:
     }
 
 
-def _process_view(pid: int) -> dict[str, Any]:
+def _process_view(pid: int, argv: list[str]) -> dict[str, Any]:
+    """The process's command line and environment, once it has exec'd ``argv``.
+
+    Right after the fork they are still the parent's (or empty), so wait for the exec.
+    """
     process = psutil.Process(pid)
+    wait_until(lambda: process.cmdline() == argv, 30, what="the training process to exec")
     return {"cmdline": process.cmdline(), "environ": process.environ()}
 
 
