@@ -35,7 +35,11 @@ class TrackingConfig:
     # MLflow mirror (DESIGN §6)
     mlflow: bool = True
     tracking_uri: str | None = None
-    experiment: str = "trackbridge"
+    # None: $MLFLOW_EXPERIMENT_NAME, else $MLFLOW_EXPERIMENT_ID, else "trackbridge" (read when the run is created)
+    experiment: str | None = None
+    run_name: str | None = None  # the MLflow run's name; None: the run id
+    tags: Mapping[str, str] = field(default_factory=dict)  # extra MLflow run tags
+    description: str | None = None  # the MLflow run's description (mlflow.note.content)
     register_model: str | None = None
     register_alias: str = "champion"
     mirror_checkpoints: str = "best_last"
@@ -75,10 +79,14 @@ class TrackingConfig:
             raise ValueError(f"`heartbeat_interval_s` must be in (0, 30], got {self.heartbeat_interval_s}")
         if self.resume and self.run_id is None:
             raise ValueError("`resume=True` needs the `run_id` of the run to resume")
-        # Freeze the mapping too: a frozen dataclass with a mutable dict inside is not frozen.
+        for key in self.tags:
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"`tags` keys must be non-empty strings, got {key!r}")
+        # Freeze the mappings too: a frozen dataclass with a mutable dict inside is not frozen.
         object.__setattr__(
             self, "hyperparameters", MappingProxyType(dict(self.hyperparameters))
         )
+        object.__setattr__(self, "tags", MappingProxyType({k: str(v) for k, v in self.tags.items()}))
 
     @property
     def task_spec(self) -> TaskSpec:
@@ -102,6 +110,7 @@ class TrackingConfig:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["runs_root"] = str(self.runs_root)
         data["hyperparameters"] = dict(self.hyperparameters)
+        data["tags"] = dict(self.tags)
         data["monitor"] = self.resolved_monitor
         data["mode"] = self.resolved_mode
         return data

@@ -15,8 +15,9 @@ from .run_state import epoch_record, mark_epoch_start
 class JSONMetricLogger(pl.Callback):
     """Write per-epoch metrics to ``output_path`` as ``{"epochs": [record, ...]}``.
 
-    On a resumed run the records of epochs after the restored checkpoint are
-    dropped, so metrics.json keeps exactly one record per epoch.
+    Steps are monotonic (DESIGN §6): a resumed run keeps every record it has
+    and appends only epochs past the last one recorded, so metrics.json keeps
+    exactly one record per epoch and never rewrites history MLflow holds.
     """
 
     def __init__(self, output_path: str | os.PathLike[str]) -> None:
@@ -30,9 +31,8 @@ class JSONMetricLogger(pl.Callback):
             previous = read_json(self.output_path).get("epochs", [])
         except FileNotFoundError:
             previous = []
-        # trainer.current_epoch is the number of epochs the checkpoint had finished.
-        self.epochs = [r for r in previous if r.get("epoch", 0) <= trainer.current_epoch]
-        if len(self.epochs) != len(previous) or not self.output_path.exists():
+        self.epochs = list(previous)
+        if not self.output_path.exists():
             self._write()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -41,7 +41,10 @@ class JSONMetricLogger(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        self.epochs.append(epoch_record(trainer))
+        record = epoch_record(trainer)
+        if self.epochs and record["epoch"] <= self.epochs[-1].get("epoch", 0):
+            return  # re-run after a resume from an older checkpoint: the first record stays
+        self.epochs.append(record)
         self._write()
 
     def _write(self) -> None:

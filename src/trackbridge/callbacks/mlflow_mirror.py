@@ -1,17 +1,22 @@
-"""MLflowMirror: the run's record, params, tags, artifacts and status → MLflow, off the training thread.
+"""MLflowMirror: the run's record, params, tags, datasets, artifacts and status → MLflow, off the training thread.
 
 The callback only decides *when*: each hook hands an item to the run's
 :class:`~trackbridge.mirror.worker.MirrorWorker`, which owns every MLflow
-call. Training never waits on MLflow, and an MLflow outage never fails it.
+call through the run's :class:`~trackbridge.mirror.writer.RunWriter`.
+Training never waits on MLflow, and an MLflow outage never fails it.
 
 When training ends, ``fit`` waits at most ``flush_timeout_s`` for the worker
 to deliver the rest (last points, checkpoints, metrics.json, run.json,
 training.log, the status, a registration), with the requests overlapped;
 whatever does not make it is left in run.json's cursor for ``trackbridge sync``.
+A ``validate``/``test`` stage after fit gets a worker of its own that sends
+the stage's metrics (at step = the last fit epoch) and leaves the MLflow
+status as fit set it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,19 +24,24 @@ from typing import Any
 import lightning.pytorch as pl
 
 from ..config import TrackingConfig
-from ..mirror.mapping import iso_to_ms, mlflow_status, run_params, run_tags
+from ..mirror.conventions import active_run, context_tags
+from ..mirror.cursor import Cursor
+from ..mirror.datasets import describe_datasets
+from ..mirror.mapping import CONFIG_YAML, FINAL_ARTIFACTS, mlflow_status
 from ..mirror.registry import class_path
-from ..mirror.uri import resolve_tracking_uri
 from ..mirror.worker import MirrorWorker, end_ms_now
-from ..record.jsonio import to_jsonable
+from ..mirror.writer import RunWriter, spec_for
+from ..record.jsonio import read_json, to_jsonable
 from ..record.run_dir import RunDirectory
 from ..record.status import RunStatus
 from .run_state import epoch_record, mark_epoch_start, run_outcome
 from .step_metrics import StepMetricsLogger
 
-FINAL_ARTIFACTS = ("metrics.json", "run.json", "logs/training.log")
+log = logging.getLogger("trackbridge.mirror")
+
 # How long a DDP rank zero waits in setup for the MLflow run id it broadcasts.
 DDP_RUN_ID_WAIT_S = 10.0
+STAGES = ("validate", "test")
 
 
 class MLflowMirror(pl.Callback):
@@ -53,6 +63,7 @@ class MLflowMirror(pl.Callback):
         self.delivered: bool | None = None  # after fit: did everything reach MLflow in time?
         self._broadcast_run_id: str | None = None
         self._mtimes: dict[str, int | None] = {}
+        self._fitting = False
 
     @property
     def mlflow_run_id(self) -> str | None:
@@ -66,42 +77,56 @@ class MLflowMirror(pl.Callback):
 
     # -- lifecycle -------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
+        if stage != "fit" and (stage not in STAGES or self._fitting):
             return
         if trainer.is_global_zero:
-            self.worker = self._make_worker(trainer, pl_module)
+            self._fitting = stage == "fit"
+            self.worker = self._make_worker(trainer, pl_module, fit=self._fitting)
             self.worker.start()
-            if self.step_logger is not None and self._on_step not in self.step_logger.listeners:
+            if self._fitting and self.step_logger is not None and self._on_step not in self.step_logger.listeners:
                 self.step_logger.listeners.append(self._on_step)
-        if trainer.world_size > 1:
+        if stage == "fit" and trainer.world_size > 1:
             # Every rank learns the run id; the wait is bounded and happens once, before training.
             if self.worker is not None:
-                self.worker.ready.wait(DDP_RUN_ID_WAIT_S)
+                self.worker.wait_for_run_id(DDP_RUN_ID_WAIT_S)
             self._broadcast_run_id = trainer.strategy.broadcast(self.mlflow_run_id, src=0)
 
-    def _make_worker(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> MirrorWorker:
-        from .. import __version__
-
-        run = self.run_dir.read_run()
-        started = run.get("started_at") or run.get("created_at")
+    def _make_worker(self, trainer: pl.Trainer, pl_module: pl.LightningModule, fit: bool) -> MirrorWorker:
+        if fit:
+            self._adopt_active_run()
+        spec = spec_for(self.run_dir, extra_params=_model_hparams(trainer, pl_module),
+                        module_class=class_path(type(pl_module)))
         return MirrorWorker(
-            self.run_dir,
-            tracking_uri=resolve_tracking_uri(self.config.tracking_uri),
-            experiment=self.config.experiment,
-            params=run_params(run, _model_hparams(trainer, pl_module)),
-            tags=run_tags(run, __version__),
-            start_ms=iso_to_ms(started) if started else None,
-            resume=self.config.resume,
-            module_class=class_path(type(pl_module)),
+            RunWriter(self.run_dir, spec),
             flush_timeout_s=self.config.flush_timeout_s,
+            context_tags=context_tags if fit else None,
+            mark_running=fit,
         )
+
+    def _adopt_active_run(self) -> None:
+        """An ``mlflow.start_run()`` run active on this thread is mirrored into, not duplicated."""
+        active = active_run()
+        if active is None:
+            return
+        run_id, uri = active
+        cursor = Cursor(self.run_dir).read()
+        if cursor["run_id"] == run_id:
+            return
+        if self.config.tracking_uri and self.config.tracking_uri != uri:
+            log.warning("the active MLflow run %s is on %s, the config names %s: not adopting it",
+                        run_id, uri, self.config.tracking_uri)
+            return
+        Cursor(self.run_dir).update(run_id=run_id, adopted=True, tracking_uri=uri, experiment=None,
+                                    experiment_id=None)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.worker is None:
             return
-        if self.config.resume:
-            # metrics.json and steps.jsonl are cut back to the checkpoint by now
-            self.worker.reconcile(trainer.current_epoch, trainer.global_step)
+        self.worker.log_inputs(describe_datasets(getattr(trainer, "datamodule", None), _loaders(trainer, "fit")))
+        config_yaml = self.run_dir.path / CONFIG_YAML
+        if config_yaml.is_file():
+            self.worker.upload(CONFIG_YAML)
+            self.worker.log_params(_yaml_params(config_yaml))
         self._mtimes = {path: _mtime(self.run_dir.path / path) for path in self._checkpoint_paths()}
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -110,26 +135,51 @@ class MLflowMirror(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.worker is None:
             return
+        # an epoch the record already holds (a resumed run) is dropped by the worker: steps are monotonic
         self.worker.log_epoch(epoch_record(trainer))
         self._upload_changed_checkpoints()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.worker is None:
+        if self.worker is None or not self._fitting:
             return
         status, _ = run_outcome(trainer)
         self._finish(status, pl_module)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if self.worker is None:
+        if self.worker is None or not self._fitting or not self.worker.alive:
             return
         status, error = run_outcome(trainer, exception)
         self._finish(status, pl_module, error)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.worker is not None and self.worker.alive:  # fit ended without on_train_end/on_exception
-            self.worker.close(self.config.flush_timeout_s)
+        worker = self.worker
+        if worker is not None and worker.alive:
+            if stage in STAGES and not self._fitting:
+                self._finish_stage(trainer, stage)
+            else:  # fit ended without on_train_end/on_exception
+                worker.close(self.config.flush_timeout_s)
+        if stage == "fit":
+            self._fitting = False
         if self.step_logger is not None and self._on_step in self.step_logger.listeners:
             self.step_logger.listeners.remove(self._on_step)
+
+    def _finish_stage(self, trainer: pl.Trainer, stage: str) -> None:
+        """A validate/test after fit: its stage entries (written by now), its dataset, the files; no status."""
+        worker = self.worker
+        assert worker is not None
+        try:
+            stages = read_json(self.run_dir.metrics_json).get("stages") or []
+        except (FileNotFoundError, ValueError):
+            stages = []
+        for entry in stages:  # the worker sends the ones MLflow lacks
+            worker.log_stage(entry)
+        context = "test" if stage == "test" else "validation"
+        datasets = [d for d in describe_datasets(getattr(trainer, "datamodule", None), _loaders(trainer, stage))
+                    if d["context"] == context]
+        if datasets:
+            worker.log_inputs(datasets)
+        worker.end_run(None, None, list(FINAL_ARTIFACTS), None, self.config.flush_timeout_s)
+        worker.close(self.config.flush_timeout_s)
 
     # -- what goes to the worker ---------------------------------------------
     def _on_step(self, line: dict[str, Any]) -> None:
@@ -165,6 +215,33 @@ class MLflowMirror(pl.Callback):
             mlflow_status(status), end_ms_now(), uploads, register, self.config.flush_timeout_s, error=error
         )
         self.delivered = worker.close(self.config.flush_timeout_s)
+
+
+def _loaders(trainer: pl.Trainer, stage: str) -> dict[str, Any]:
+    """The Trainer's loaders by MLflow context, for datasets a data module does not name."""
+    names = {"fit": (("training", "train_dataloader"), ("validation", "val_dataloaders")),
+             "validate": (("validation", "val_dataloaders"),), "test": (("test", "test_dataloaders"),)}[stage]
+    loaders = {}
+    for context, attribute in names:
+        try:
+            loader = getattr(trainer, attribute)
+        except Exception:  # Lightning raises when a loop has no data yet
+            loader = None
+        if loader is not None:
+            loaders[context] = loader
+    return loaders
+
+
+def _yaml_params(path: Path) -> dict[str, Any]:
+    """A LightningCLI config file's values (nested; the worker flattens them)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        log.warning("cannot read %s for MLflow params: %s", path, exc)
+        return {}
+    return to_jsonable(data) if isinstance(data, dict) else {}
 
 
 def _model_hparams(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:

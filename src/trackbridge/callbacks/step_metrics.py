@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ..record.clock import utc_now_iso
 from ..record.epoch import STEP_SUFFIX
-from ..record.jsonio import append_jsonl, read_jsonl, to_jsonable, write_jsonl_atomic
+from ..record.jsonio import append_jsonl, read_jsonl, to_jsonable
 
 StepListener = Callable[[dict[str, Any]], None]
 
@@ -37,6 +37,7 @@ class StepMetricsLogger(Logger):
         self._run_id = run_id or self.steps_path.parent.name
         self.listeners: list[StepListener] = []
         self.hyperparameters: dict[str, Any] = {}
+        self._last_step = -1  # steps are monotonic: a line only past the last one recorded
 
     @property
     def name(self) -> str:
@@ -57,20 +58,19 @@ class StepMetricsLogger(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         points = {k: v for k, v in metrics.items() if k.endswith(STEP_SUFFIX)}
-        if not points or step is None:
+        if not points or step is None or int(step) <= self._last_step:
             return
+        self._last_step = int(step)
         line = {"step": int(step), "time": utc_now_iso(), **to_jsonable(points)}
         # flush, no fsync: a step point lost to a power cut is not worth a disk sync per step
         append_jsonl(self.steps_path, line, fsync=False)
         for listener in self.listeners:
             listener(line)
 
-    def truncate_after(self, step: int) -> None:
-        """Drop lines after ``step`` (a resumed run replays those steps)."""
-        lines = list(read_jsonl(self.steps_path))
-        kept = [line for line in lines if line.get("step", 0) <= step]
-        if len(kept) != len(lines):
-            write_jsonl_atomic(self.steps_path, kept)
+    def continue_after_recorded(self) -> None:
+        """A resumed run records only steps past the last one steps.jsonl holds (DESIGN §6)."""
+        steps = [line.get("step", -1) for line in read_jsonl(self.steps_path) if isinstance(line, dict)]
+        self._last_step = max(steps, default=-1)
 
 
 class StepMetricsRecorder(pl.Callback):
@@ -85,4 +85,4 @@ class StepMetricsRecorder(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            self.logger.truncate_after(trainer.global_step)
+            self.logger.continue_after_recorded()

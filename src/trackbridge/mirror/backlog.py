@@ -1,0 +1,217 @@
+"""What of the local record MLflow still lacks: the diff that sync replays and a resumed run replays first.
+
+The cursor's watermarks never run ahead of MLflow (see :mod:`.cursor`), so
+the backlog is everything past them: epoch records, step lines, system
+samples, stages and media entries whose mark is beyond their stream's
+watermark. Computing it reads only the run directory.
+
+:func:`verified_backlog` is the slow, complete diff (``trackbridge sync
+--verify``): it reads MLflow's history of every key and its ``images/``
+listing instead of trusting the cursor, for a record whose cursor was edited
+or lost.
+
+Steps are monotonic (DESIGN §6): the local record holds one value per
+(key, step), and a resumed run records points only past the last step
+already recorded, so a point past a watermark is never a second value for a
+(key, step) MLflow holds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping
+
+from ..record.jsonio import read_json, read_jsonl
+from ..record.run_dir import RunDirectory
+from .cursor import watermark
+from .mapping import Stream, Tracked, tracked_epoch, tracked_stage, tracked_step, tracked_system
+
+SYSTEM_JSONL = "system.jsonl"
+MEDIA_JSONL = "media.jsonl"
+# steps.jsonl and system.jsonl lines start with their step: lines at or below a
+# watermark are skipped without parsing them (a no-op sync of 100,000 steps).
+_LEADING_STEP = re.compile(r'\{"step":\s*(-?\d+)[,}]')
+
+
+@dataclass
+class LocalRecord:
+    """The parts of a run directory that become MLflow points and images."""
+
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    system: list[dict[str, Any]] = field(default_factory=list)
+    media: list[dict[str, Any]] = field(default_factory=list)  # every line, in order (index = mark)
+
+    def tops(self) -> dict[Stream, int | None]:
+        """The last mark of each stream: where the watermarks stand once all of it is in MLflow."""
+        return {
+            Stream.EPOCH: max((int(r["epoch"]) for r in self.epochs), default=None),
+            Stream.STAGE: (len(self.stages) - 1) if self.stages else None,
+            Stream.STEP: max((int(line["step"]) for line in self.steps), default=None),
+            Stream.SYSTEM: max((int(line["step"]) for line in self.system), default=None),
+            Stream.MEDIA: (len(self.media) - 1) if self.media else None,
+        }
+
+
+def record_tops(run_dir: RunDirectory) -> dict[Stream, int | None]:
+    """The last mark of each stream, reading only the ends of steps.jsonl and system.jsonl."""
+    try:
+        metrics = read_json(run_dir.metrics_json)
+    except (FileNotFoundError, ValueError):
+        metrics = {}
+    epochs = [int(r["epoch"]) for r in metrics.get("epochs", []) if isinstance(r, dict) and "epoch" in r]
+    stages = metrics.get("stages") or []
+    media = sum(1 for _ in read_jsonl(run_dir.path / MEDIA_JSONL))
+    return {
+        Stream.EPOCH: max(epochs, default=None),
+        Stream.STAGE: (len(stages) - 1) if stages else None,
+        Stream.STEP: _last_step(run_dir.steps_jsonl),
+        Stream.SYSTEM: _last_step(run_dir.path / SYSTEM_JSONL),
+        Stream.MEDIA: (media - 1) if media else None,
+    }
+
+
+def _last_step(path: Any, tail_bytes: int = 65536) -> int | None:
+    """The ``step`` of the last whole line of a JSON-lines file whose steps grow."""
+    import json
+    import os
+
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - tail_bytes))
+            lines = fh.read().split(b"\n")
+    except FileNotFoundError:
+        return None
+    # the last piece follows the last newline: empty, or a torn line that readers skip;
+    # the first is cut by the seek unless the whole file was read
+    whole = lines[:-1] if size <= tail_bytes else lines[1:-1]
+    for raw in reversed(whole):
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            continue  # empty, torn, or cut by the seek
+        if isinstance(value, dict) and "step" in value:
+            return int(value["step"])
+    return None
+
+
+def read_record(run_dir: RunDirectory, after: Mapping[Stream, int | None] | None = None) -> LocalRecord:
+    """The local record; step and system lines at or below ``after``'s marks are left out unread.
+
+    Epochs, stages and media are always read whole (small); their tops need
+    every line.
+    """
+    after = after or {}
+    try:
+        metrics = read_json(run_dir.metrics_json)
+    except FileNotFoundError:
+        metrics = {}
+    return LocalRecord(
+        epochs=[r for r in metrics.get("epochs", []) if isinstance(r, dict) and "epoch" in r],
+        stages=[s for s in metrics.get("stages", []) or [] if isinstance(s, dict)],
+        steps=list(_lines_after(run_dir.steps_jsonl, after.get(Stream.STEP))),
+        system=list(_lines_after(run_dir.path / SYSTEM_JSONL, after.get(Stream.SYSTEM))),
+        media=[m for m in read_jsonl(run_dir.path / MEDIA_JSONL) if isinstance(m, dict)],
+    )
+
+
+def _lines_after(path: Any, mark: int | None) -> Iterator[dict[str, Any]]:
+    import json
+
+    try:
+        fh = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        return
+    with fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break  # a torn last line: being written, or never finished
+            if mark is not None:
+                match = _LEADING_STEP.match(line)
+                if match and int(match.group(1)) <= mark:
+                    continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict) and "step" in value and (mark is None or int(value["step"]) > mark):
+                yield value
+
+
+@dataclass
+class Backlog:
+    """Points and images of the record that MLflow lacks, in order, with the record's tops."""
+
+    points: list[Tracked]
+    media: list[tuple[int, dict[str, Any]]]  # (line index, media.jsonl entry)
+    tops: dict[Stream, int | None]
+
+    @property
+    def empty(self) -> bool:
+        return not self.points and not self.media
+
+
+def backlog(run_dir: RunDirectory, cursor: Mapping[str, Any]) -> Backlog:
+    """Everything past the cursor's watermarks (the cursor is trusted: it never runs ahead of MLflow)."""
+    marks = {stream: watermark(cursor, stream) for stream in Stream}
+    record = read_record(run_dir, after=marks)
+    return Backlog(list(points_after(record, marks)), media_after(record, marks.get(Stream.MEDIA)), record.tops())
+
+
+def points_after(record: LocalRecord, marks: Mapping[Stream, int | None]) -> Iterator[Tracked]:
+    """The record's points whose mark is past their stream's watermark, stream by stream, in mark order."""
+
+    def past(stream: Stream, mark: int) -> bool:
+        top = marks.get(stream)
+        return top is None or mark > top
+
+    for record_ in record.epochs:
+        if past(Stream.EPOCH, int(record_["epoch"])):
+            yield from tracked_epoch(record_)
+    for line in record.steps:
+        if past(Stream.STEP, int(line["step"])):
+            yield from tracked_step(line)
+    for line in record.system:
+        if past(Stream.SYSTEM, int(line["step"])):
+            yield from tracked_system(line)
+    for index, entry in enumerate(record.stages):
+        if past(Stream.STAGE, index):
+            yield from tracked_stage(index, entry)
+
+
+def media_after(record: LocalRecord, mark: int | None) -> list[tuple[int, dict[str, Any]]]:
+    return [(i, e) for i, e in enumerate(record.media) if mark is None or i > mark]
+
+
+def verified_backlog(
+    run_dir: RunDirectory, history: Mapping[str, Iterable[int]], image_names: Iterable[str]
+) -> Backlog:
+    """Every point whose (key, step) MLflow's ``history`` lacks, and every image its listing lacks.
+
+    The first local point of a (key, step) wins, as MLflow keeps the first
+    one too when the record holds two (a record from before steps were
+    monotonic).
+    """
+    from .media import image_stem
+
+    record = read_record(run_dir)
+    present = {key: set(steps) for key, steps in history.items()}
+    seen: set[tuple[str, int]] = set()
+    points = []
+    for item in points_after(record, {}):
+        ident = (item.point.key, item.point.step)
+        if ident in seen or item.point.step in present.get(item.point.key, ()):
+            continue
+        seen.add(ident)
+        points.append(item)
+    listed = set(image_names)
+    media = [(i, e) for i, e in enumerate(record.media) if f"{image_stem(e)}.png" not in listed]
+    return Backlog(points, media, record.tops())
+
+
+def record_keys(run_dir: RunDirectory) -> set[str]:
+    """Every metric key of the local record (the keys whose MLflow history a verifying sync reads)."""
+    return {item.point.key for item in points_after(read_record(run_dir), {})}
