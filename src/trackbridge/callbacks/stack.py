@@ -141,7 +141,8 @@ def _run_fields(config: TrackingConfig) -> dict[str, Any]:
         "trackbridge_version": __version__,
     }
     if config.mlflow:
-        fields["mlflow"] = _mlflow_cursor(config)
+        fields["mlflow"] = cursor = _mlflow_cursor(config)
+        fields["config"]["experiment"] = cursor["experiment"]  # resolved, as monitor and mode are
     return fields
 
 
