@@ -31,8 +31,7 @@ import functools
 import mimetypes
 import os
 import posixpath
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence, TypeVar
 
 from .errors import MirrorFailure, classify, failure_for_status, is_mlflow_error
 from .mapping import Point
@@ -41,8 +40,7 @@ from .uri import embedded_root, is_http_uri
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class HttpPolicy:
+class HttpPolicy(NamedTuple):
     """Bounds of one MLflow HTTP request made by trackbridge.
 
     ``max_retries`` retries happen inside the request (urllib3, honouring

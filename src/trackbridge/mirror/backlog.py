@@ -19,8 +19,7 @@ already recorded, so a point past a watermark is never a second value for a
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 from ..record.jsonio import read_json, read_jsonl
 from ..record.run_dir import RunDirectory
@@ -34,15 +33,14 @@ MEDIA_JSONL = "media.jsonl"
 _LEADING_STEP = re.compile(r'\{"step":\s*(-?\d+)[,}]')
 
 
-@dataclass
-class LocalRecord:
+class LocalRecord(NamedTuple):
     """The parts of a run directory that become MLflow points and images."""
 
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-    stages: list[dict[str, Any]] = field(default_factory=list)
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    system: list[dict[str, Any]] = field(default_factory=list)
-    media: list[dict[str, Any]] = field(default_factory=list)  # every line, in order (index = mark)
+    epochs: list[dict[str, Any]]
+    stages: list[dict[str, Any]]
+    steps: list[dict[str, Any]]
+    system: list[dict[str, Any]]
+    media: list[dict[str, Any]]  # every line, in order (index = mark)
 
     def tops(self) -> dict[Stream, int | None]:
         """The last mark of each stream: where the watermarks stand once all of it is in MLflow."""
@@ -141,8 +139,7 @@ def _lines_after(path: Any, mark: int | None) -> Iterator[dict[str, Any]]:
                 yield value
 
 
-@dataclass
-class Backlog:
+class Backlog(NamedTuple):
     """Points and images of the record that MLflow lacks, in order, with the record's tops."""
 
     points: list[Tracked]

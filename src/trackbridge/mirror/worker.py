@@ -51,7 +51,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -332,7 +332,7 @@ class MirrorWorker:
         if self._context_tags is None:
             return
         tags = dict(self._context_tags())
-        self.writer.spec = replace(self.writer.spec, tags={**tags, **self.writer.spec.tags})
+        self.writer.spec = self.writer.spec._replace(tags={**tags, **self.writer.spec.tags})
         self._changes.set(context_tags=tags)
 
     def _loop(self) -> None:

@@ -19,9 +19,9 @@ import logging
 import os
 import shutil
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from ..mlflow_tags import (
     ERROR_TAG, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, LOGGED_IMAGES_TAG, MAX_TAG_VALUE_LENGTH, RUN_ID_TAG,
@@ -40,16 +40,15 @@ log = logging.getLogger("trackbridge.mirror")
 UPLOAD_DIR = ".mlflow-upload"  # hard-link snapshots of files being uploaded, converted images
 
 
-@dataclass(frozen=True)
-class RunSpec:
+class RunSpec(NamedTuple):
     """What names and describes a local run in MLflow (DESIGN §6)."""
 
     tracking_uri: str
     experiment: ExperimentRef
     local_run_id: str
     run_name: str
-    tags: Mapping[str, str] = field(default_factory=dict)
-    params: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = MappingProxyType({})
+    params: Mapping[str, str] = MappingProxyType({})
     start_ms: int | None = None
     known_run_id: str | None = None  # the cursor's MLflow run, tried first
     adopted: bool = False  # known_run_id belongs to someone else (MLFLOW_RUN_ID, mlflow.start_run())
@@ -92,8 +91,7 @@ class RunSpec:
         )
 
 
-@dataclass(frozen=True)
-class RunLink:
+class RunLink(NamedTuple):
     """The MLflow run a local run is mirrored into, as :meth:`RunWriter.connect` found it."""
 
     run_id: str
