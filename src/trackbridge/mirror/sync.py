@@ -139,6 +139,9 @@ class SyncJob:
         if stored["run_id"] != link.run_id or stored["tracking_uri"] != self.tracking_uri:
             fields.update({s.field: None for s in Stream}, params_mirrored=False, inputs_mirrored=False,
                           status_mirrored=None)
+        if not link.adopted and link.status == mlflow_status(self.run_status):
+            # the status is set last, after the final uploads, by the worker and by sync alike
+            fields["status_mirrored"] = link.status
         self.cursor.update(**fields)
         return link
 
