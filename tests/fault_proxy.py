@@ -15,16 +15,18 @@ Runs in a thread of the test process; binds 127.0.0.1 only.
 
 from __future__ import annotations
 
-import http.client
 import json
+import sys
 import threading
 import time
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from delay_proxy import forward  # noqa: E402  (the bench's loopback proxy forwards the same way)
 
 
 @dataclass(frozen=True)
@@ -138,28 +140,13 @@ class FaultProxy:
                 self._forward(body)
 
             def _forward(self, body: bytes | None) -> None:
-                upstream = proxy.upstream
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP | {"host"}}
-                headers["Host"] = upstream.netloc
-                for attempt in (1, 2):
-                    conn = getattr(local, "conn", None)
-                    if conn is None:
-                        conn = local.conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=120)
-                    try:
-                        conn.request(self.command, self.path, body=body, headers=headers)
-                        response = conn.getresponse()
-                        payload = response.read()
-                        break
-                    except (OSError, http.client.HTTPException):
-                        conn.close()
-                        local.conn = None
-                        if attempt == 2:
-                            self._answer(502, b'{"error_code": "BAD_GATEWAY", "message": "upstream unreachable"}',
-                                         {"Content-Type": "application/json"})
-                            return
-                kept = {k: v for k, v in response.getheaders()
-                        if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"}
-                self._answer(response.status, payload, kept)
+                answer = forward(local, proxy.upstream, self.command, self.path, self.headers, body)
+                if answer is None:
+                    self._answer(502, b'{"error_code": "BAD_GATEWAY", "message": "upstream unreachable"}',
+                                 {"Content-Type": "application/json"})
+                    return
+                status, _, headers, payload = answer
+                self._answer(status, payload, dict(headers))
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 

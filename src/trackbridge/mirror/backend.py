@@ -95,6 +95,17 @@ def _tags(items: Iterable[tuple[str, str]] | Mapping[str, str]) -> list[dict[str
     return [{"key": str(k), "value": str(v)} for k, v in pairs]
 
 
+def _search_body(**fields: Any) -> dict[str, Any]:
+    """A search request: the fields that are set (MLflow's REST API wants no nulls)."""
+    return {key: value for key, value in fields.items() if value}
+
+
+def _view(view_type: Any) -> str:
+    from mlflow.entities import ViewType
+
+    return ViewType.to_string(view_type or ViewType.ACTIVE_ONLY).upper()
+
+
 class RestBackend:
     """MLflow's REST API with explicit, bounded retries (see the module docstring)."""
 
@@ -184,18 +195,12 @@ class RestBackend:
     @_translated
     def search_experiments(self, view_type: Any = None, max_results: int = 1000, filter_string: str | None = None,
                            order_by: list[str] | None = None, page_token: str | None = None) -> Any:
-        from mlflow.entities import Experiment, ViewType
+        from mlflow.entities import Experiment
         from mlflow.protos.service_pb2 import SearchExperiments
         from mlflow.store.entities.paged_list import PagedList
 
-        body: dict[str, Any] = {"max_results": max_results,
-                                "view_type": ViewType.to_string(view_type or ViewType.ACTIVE_ONLY).upper()}
-        if filter_string:
-            body["filter"] = filter_string
-        if order_by:
-            body["order_by"] = order_by
-        if page_token:
-            body["page_token"] = page_token
+        body = _search_body(view_type=_view(view_type), max_results=max_results, filter=filter_string,
+                            order_by=order_by, page_token=page_token)
         message = self._call(SearchExperiments, body)
         return PagedList([Experiment.from_proto(e) for e in message.experiments], message.next_page_token or None)
 
@@ -210,19 +215,13 @@ class RestBackend:
     @_translated
     def search_runs(self, experiment_ids: Sequence[str], filter_string: str = "", run_view_type: Any = None,
                     max_results: int = 1000, order_by: list[str] | None = None, page_token: str | None = None) -> Any:
-        from mlflow.entities import Run, ViewType
+        from mlflow.entities import Run
         from mlflow.protos.service_pb2 import SearchRuns
         from mlflow.store.entities.paged_list import PagedList
 
-        body: dict[str, Any] = {
-            "experiment_ids": [str(e) for e in experiment_ids], "filter": filter_string,
-            "run_view_type": ViewType.to_string(run_view_type or ViewType.ACTIVE_ONLY).upper(),
-            "max_results": max_results,
-        }
-        if order_by:
-            body["order_by"] = order_by
-        if page_token:
-            body["page_token"] = page_token
+        body = _search_body(experiment_ids=[str(e) for e in experiment_ids], filter=filter_string,
+                            run_view_type=_view(run_view_type), max_results=max_results, order_by=order_by,
+                            page_token=page_token)
         message = self._call(SearchRuns, body)
         return PagedList([Run.from_proto(r) for r in message.runs], message.next_page_token or None)
 
