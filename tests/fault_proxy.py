@@ -50,6 +50,7 @@ class FaultProxy:
         self.log: list[tuple[float, str, str, int]] = []  # (time.monotonic(), method, path, status) of each answer
         self.in_flight = 0  # requests being delayed or forwarded right now
         self._lock = threading.Lock()
+        self._release = threading.Event()  # set by heal(): delayed requests go on at once
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="fault-proxy")
@@ -84,7 +85,10 @@ class FaultProxy:
         self.fault = Fault(delay_s=seconds, only=only)
 
     def heal(self) -> None:
+        """Forward everything again, the requests being delayed right now included (the network is back)."""
         self.fault = None
+        release, self._release = self._release, threading.Event()
+        release.set()
 
     def count(self, path_part: str, status: int | None = None) -> int:
         with self._lock:
@@ -136,7 +140,7 @@ class FaultProxy:
                             headers["Retry-After"] = f"{fault.retry_after:g}"
                         self._answer(fault.status, payload, headers)
                         return
-                    time.sleep(fault.delay_s)
+                    proxy._release.wait(fault.delay_s)
                 self._forward(body)
 
             def _forward(self, body: bytes | None) -> None:

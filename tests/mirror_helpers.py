@@ -100,3 +100,12 @@ def timed_fit(runs_root, tracking_uri, *hooks: AtEpochStart, epochs: int = 5, sl
     assert run_dir.read_run()["status"] == "completed" and trainer.current_epoch == epochs
     assert mirror.worker.crashed is None
     return run_dir, mirror, took
+
+
+def sync_cli(run_dir: RunDirectory, *args: str):
+    """``trackbridge sync RUN_ID --runs-root ROOT ARGS`` in this process (click's runner): exit code and output."""
+    from click.testing import CliRunner
+
+    from trackbridge.cli import main
+
+    return CliRunner().invoke(main, ["sync", run_dir.run_id, "--runs-root", str(run_dir.runs_root), *args])

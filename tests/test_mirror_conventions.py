@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from trackbridge import RunDirectory
 from trackbridge.mirror.conventions import ExperimentRef, resolve_experiment
 
-from conftest import run_cli
+from mirror_helpers import timed_fit
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +53,7 @@ if mode == "active":
         print("ACTIVE", active.info.run_id, status)
 else:
     train()
+    print("SQLALCHEMY", "sqlalchemy" in sys.modules)  # mirroring to a server needs no SQL store in-process
 '''
 
 
@@ -80,8 +81,9 @@ def run_script(repo: dict, mode: str, run_id: str, env: dict[str, str]) -> subpr
 
 def test_experiment_from_the_environment_kind_tag_and_standard_run_tags(repo, mlflow_server):
     experiment = f"teamexp-{uuid.uuid4().hex[:6]}"
-    run_script(repo, "plain", "plain-1", {"MLFLOW_TRACKING_URI": mlflow_server.url,
-                                          "MLFLOW_EXPERIMENT_NAME": experiment})
+    result = run_script(repo, "plain", "plain-1", {"MLFLOW_TRACKING_URI": mlflow_server.url,
+                                                   "MLFLOW_EXPERIMENT_NAME": experiment})
+    assert "SQLALCHEMY False" in result.stdout
     client = MlflowClient(mlflow_server.url)
     found = client.get_experiment_by_name(experiment)
     assert found is not None and found.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -115,15 +117,17 @@ def test_a_script_that_started_an_mlflow_run_gets_no_second_run(repo, mlflow_ser
     assert cursor["run_id"] == active_id and cursor["adopted"] is True and cursor["status_mirrored"] is None
 
 
-def test_mlflow_run_id_from_a_launcher_is_adopted_and_left_running(repo, mlflow_server):
+def test_mlflow_run_id_from_a_launcher_is_adopted_and_left_running(runs_root, mlflow_server, monkeypatch):
     client = MlflowClient(mlflow_server.url)
     experiment_id = client.create_experiment(f"launcher-{uuid.uuid4().hex[:6]}")
     launched = client.create_run(experiment_id).info.run_id
-    run_script(repo, "plain", "launched-1", {"MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_RUN_ID": launched,
-                                             "MLFLOW_EXPERIMENT_ID": experiment_id})
+    monkeypatch.setenv("MLFLOW_RUN_ID", launched)  # as `mlflow run` or a scheduler sets them
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+    run_dir, mirror, _ = timed_fit(runs_root, mlflow_server.url, epochs=2, sleep_s=0.0)
     assert [r.info.run_id for r in client.search_runs([experiment_id])] == [launched]
     run = client.get_run(launched)
     assert run.info.status == "RUNNING" and "val_mae" in run.data.metrics  # the launcher ends it
+    assert run.data.tags["trackbridge.run_id"] == run_dir.run_id and mirror.delivered is True
     assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
@@ -138,13 +142,19 @@ def test_experiment_resolution_order(monkeypatch):
     assert resolve_experiment("mine") == ExperimentRef("mine", None)
 
 
-def test_train_cli_run_name_tags_and_description_reach_the_config(tmp_path):
-    result = run_cli("train", "--task", "regression", "--epochs", "1", "--run-id", "named", "--runs-root", "runs",
-                     "--no-mlflow", "--run-name", "first try", "--tag", "team=vision", "--tag", "note=a=b",
-                     "--description", "hello", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_train_cli_run_name_tags_and_description_reach_the_config(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from trackbridge.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, [
+        "train", "--task", "regression", "--epochs", "1", "--run-id", "named", "--runs-root", "runs",
+        "--no-mlflow", "--run-name", "first try", "--tag", "team=vision", "--tag", "note=a=b",
+        "--description", "hello"])
+    assert result.exit_code == 0, result.output[-3000:]
     config = json.loads((tmp_path / "runs" / "named" / "run.json").read_text())["config"]
     assert (config["run_name"], config["tags"], config["description"]) == (
         "first try", {"team": "vision", "note": "a=b"}, "hello")
-    bad = run_cli("train", "--task", "regression", "--tag", "novalue", "--no-mlflow", cwd=tmp_path)
-    assert bad.returncode == 2 and "--tag wants KEY=VALUE" in bad.stderr
+    bad = CliRunner().invoke(main, ["train", "--task", "regression", "--tag", "novalue", "--no-mlflow"])
+    assert bad.exit_code == 2 and "--tag wants KEY=VALUE" in bad.stderr

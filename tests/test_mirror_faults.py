@@ -16,14 +16,14 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from trackbridge import RunDirectory, TrackingConfig, build_callbacks
+from trackbridge import RunDirectory
 from trackbridge.mirror.backend import RestBackend
 from trackbridge.mirror.errors import FailureKind, MirrorFailure
 from trackbridge.mirror.sync import sync_run
 
 from conftest import free_port, run_cli, wait_until
 from fault_proxy import FaultProxy
-from mirror_helpers import AtEpochStart, assert_history_equals_record, read_log, timed_fit, total_points
+from mirror_helpers import AtEpochStart, assert_history_equals_record, read_log, sync_cli, timed_fit, total_points
 
 pytestmark = pytest.mark.slow
 
@@ -42,10 +42,6 @@ def undisturbed(tmp_path_factory, mlflow_server) -> float:
     """Fit time of the slow tiny model with the stack, MLflow answering well (once for the module)."""
     _, _, took = timed_fit(tmp_path_factory.mktemp("undisturbed"), mlflow_server.url)
     return took
-
-
-def sync_cli(run_dir: RunDirectory, *args: str):
-    return run_cli("sync", run_dir.run_id, "--runs-root", str(run_dir.runs_root), *args)
 
 
 def assert_converged(run_dir: RunDirectory, client: MlflowClient) -> None:
@@ -98,13 +94,13 @@ def test_refused_log_batch_is_counted_said_and_synced_later(runs_root, proxy, un
 
     refuse()  # still refusing: sync fails, says MLflow's message, and moves the cursor no further
     result = sync_cli(run_dir)
-    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.exit_code == 1, result.stderr[-3000:]
     assert "log-batch is closed for maintenance" in result.stderr and "PERMISSION_DENIED" in result.stderr
     assert run_dir.read_run()["mlflow"]["last_epoch_mirrored"] == cursor["last_epoch_mirrored"]
 
     proxy.heal()
     result = sync_cli(run_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.exit_code == 0, result.stderr[-3000:]
     assert f"syncing to {proxy.url} (from run.json)" in result.stderr
     assert_converged(run_dir, MlflowClient(mlflow_server.url))
 
@@ -139,7 +135,7 @@ def test_500_then_429_then_slow_answers_cost_at_most_the_flush_deadline(runs_roo
     proxy.heal()
     wait_until(lambda: proxy.in_flight == 0, 40, "the delayed requests to finish")
     result = sync_cli(run_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.exit_code == 0, result.stderr[-3000:]
     assert_converged(run_dir, MlflowClient(mlflow_server.url))
 
 
@@ -156,7 +152,7 @@ def test_tracking_uri_from_the_environment_is_kept_for_sync_when_never_connected
     assert mirror.delivered is False and "is unreachable" in read_log(run_dir)
 
     with FaultProxy(mlflow_server.url, port=port):  # the server is up now, at the same address
-        result = run_cli("sync", run_dir.run_id, "--runs-root", "runs", cwd=tmp_path)
+        result = run_cli("sync", run_dir.run_id, "--runs-root", "runs", cwd=tmp_path)  # a new shell, no env
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"syncing to {uri} (from run.json)" in result.stderr
         assert "created in MLflow" in result.stdout
@@ -194,23 +190,3 @@ def test_users_own_mlflow_calls_keep_mlflows_retries_while_the_mirror_stays_boun
     assert 1 <= proxy.count("runs/log-batch", 503) <= mirror.worker.stats.failures
     assert mirror.worker.stats.outages == 1 and mirror.delivered is True
     assert_history_equals_record(MlflowClient(mlflow_server.url), run_dir)
-
-
-def test_building_the_stack_and_mirroring_to_a_server_imports_no_sqlalchemy(tmp_path, mlflow_server):
-    code = (
-        "import sys\n"
-        "sys.path.insert(0, %r)\n"
-        "from tiny import TinyRegressor, tiny_loaders, tiny_trainer\n"
-        "from trackbridge import TrackingConfig, build_callbacks\n"
-        "stack = build_callbacks(TrackingConfig(task='regression', runs_root='runs', tracking_uri=%r,"
-        " early_stopping_patience=0))\n"
-        "train, val = tiny_loaders()\n"
-        "tiny_trainer(stack, max_epochs=1).fit(TinyRegressor(), train, val)\n"
-        "print('SQLALCHEMY', 'sqlalchemy' in sys.modules, stack.run_dir.read_run()['mlflow']['status_mirrored'])\n"
-    ) % (str(os.path.dirname(__file__)), mlflow_server.url)
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "SQLALCHEMY False FINISHED" in result.stdout

@@ -18,8 +18,8 @@ from trackbridge.mirror.cursor import Cursor
 from trackbridge.mirror.mapping import Stream
 from trackbridge.mirror.sync import sync_run
 
-from conftest import REPO, free_port, run_cli
-from mirror_helpers import total_points
+from conftest import REPO, free_port
+from mirror_helpers import sync_cli, total_points
 
 sys.path.insert(0, str(REPO / "bench"))
 from bench_sync import make_run  # noqa: E402
@@ -37,12 +37,12 @@ def synthetic(runs_root: Path, uri: str) -> RunDirectory:
 def test_sync_goes_where_run_json_says_unless_told_and_prints_it(runs_root, mlflow_server):
     dead = f"http://127.0.0.1:{free_port()}"
     run_dir = synthetic(runs_root, dead)
-    refused = run_cli("sync", run_dir.run_id, "--runs-root", str(runs_root))
-    assert refused.returncode == 1
+    refused = sync_cli(run_dir)
+    assert refused.exit_code == 1
     assert f"syncing to {dead} (from run.json)" in refused.stderr and "connection refused" in refused.stderr
 
-    result = run_cli("sync", run_dir.run_id, "--runs-root", str(runs_root), "--tracking-uri", mlflow_server.url)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = sync_cli(run_dir, "--tracking-uri", mlflow_server.url)
+    assert result.exit_code == 0, result.stderr[-3000:]
     assert f"syncing to {mlflow_server.url} (--tracking-uri)" in result.stderr
     assert f"+{STEPS + 8 * EPOCHS} points" in result.stdout
     cursor = run_dir.read_run()["mlflow"]
