@@ -112,11 +112,12 @@ def child(variant: str, interval: int, uri: str | None, workdir: Path) -> dict:
 
     result: dict = {"fit_s": fit_s, "mlflow_run_id": None, "expected_points": None}
     if variant == "trackbridge":
-        from trackbridge.mirror.sync import local_points
+        from trackbridge.mirror.backlog import backlog
+        from trackbridge.mirror.cursor import EMPTY
 
         run = stack.run_dir.read_run()
         result["mlflow_run_id"] = run["mlflow"]["run_id"]
-        result["expected_points"] = len(local_points(stack.run_dir))
+        result["expected_points"] = len(backlog(stack.run_dir, EMPTY).points)  # every point of the record
         result["pending"] = run["mlflow"]["artifacts_pending"]
     elif variant.startswith("mlflowlogger"):
         result["mlflow_run_id"] = logger.run_id
