@@ -95,7 +95,7 @@ def test_trackbridge_adds_under_a_tenth_of_a_second_to_a_process_with_torch_ligh
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, timeout=300)
     best = None
-    for _ in range(3):  # the machine is shared: the best of three
+    for _ in range(2):  # the machine is shared: the better of two
         result = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
