@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from trackbridge import RunDirectory, TrackingConfig, build_callbacks
 from trackbridge.callbacks.mlflow_mirror import MLflowMirror
+from trackbridge.record.jsonio import read_jsonl
 
 from conftest import run_cli
 from mirror_helpers import artifact_paths, assert_history_equals_record, read_log
@@ -184,7 +185,9 @@ def test_resume_continues_the_same_mlflow_run_without_duplicate_steps(runs_root,
     second = run_dir.read_run()
     assert second["mlflow"]["run_id"] == first["run_id"] == mirror.mlflow_run_id
     assert [r["epoch"] for r in run_dir.read_metrics()] == [1, 2, 3, 4]
-    assert mirror.worker.stats.points_skipped > 0  # the replayed steps MLflow already had
+    # monotonic steps (DESIGN §6): the re-run steps are not recorded again, locally or in MLflow
+    steps = [line["step"] for line in read_jsonl(run_dir.steps_jsonl) if "train_loss_step" in line]
+    assert steps == sorted(set(steps))
     assert mirror.worker.crashed is None
     assert_history_equals_record(client, run_dir)
     assert client.get_run(first["run_id"]).info.status == "FINISHED"

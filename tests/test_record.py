@@ -258,25 +258,31 @@ def test_epoch_record_values_are_finite_or_null():
     assert all(v is None or not isinstance(v, float) or math.isfinite(v) for v in record.values())
 
 
-def test_heartbeat_refreshes_run_json_while_alive(runs_root):
+def test_a_session_beats_from_the_moment_its_run_is_created_until_training_ends(runs_root):
     import time
 
-    from trackbridge.callbacks.heartbeat import Heartbeat
+    from trackbridge import TrackingConfig
+    from trackbridge.callbacks.session import RunSession
 
-    run = _running_run(runs_root, "beating", pid=os.getpid(), host=socket.gethostname())
+    config = TrackingConfig(task="regression", runs_root=runs_root, run_id="beating", mlflow=False, stale_after_s=0.3)
+    session = RunSession(RunDirectory(runs_root, "beating"), config=config)
+    assert session.heartbeat_interval_s == pytest.approx(0.1)  # a third of the staleness limit
+    session.create_run({})
+    run = session.run_dir
     first = run.read_run()["heartbeat_at"]
-    beat = Heartbeat(run, interval_s=0.05)
-    beat.start()
     try:
         deadline = time.monotonic() + 5
         while run.read_run()["heartbeat_at"] == first and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert run.read_run()["heartbeat_at"] > first  # pending, and beating
+        session.owner_status = RunStatus.COMPLETED
+        session.writer.beating = False  # what end_training does
+        time.sleep(0.15)
+        stopped_at = run.read_run()["heartbeat_at"]
+        time.sleep(0.3)
+        assert run.read_run()["heartbeat_at"] == stopped_at  # no beat once training has ended
     finally:
-        beat.stop()
-    assert run.read_run()["heartbeat_at"] > first
-    stopped_at = run.read_run()["heartbeat_at"]
-    time.sleep(0.2)
-    assert run.read_run()["heartbeat_at"] == stopped_at  # no beat after stop()
+        session.close()
 
 
 def test_run_status_updater_refuses_a_heartbeat_slower_than_30_s(tmp_path):

@@ -93,7 +93,10 @@ def test_stack_records_a_completed_run(runs_root):
     assert run.training_log.read_text().strip()
     assert "memory" in run.training_log.read_text()
     steps = [strict_loads(line) for line in run.steps_jsonl.read_text().splitlines()]
-    assert steps and all("train_loss_step" in s and isinstance(s["step"], int) for s in steps)
+    assert all(isinstance(s["step"], int) for s in steps)
+    # every logged training step (log_every_n_steps=2, 8 batches an epoch), plus LearningRateMonitor's direct calls
+    assert [s["step"] for s in steps if "train_loss_step" in s] == list(range(1, 24, 2))
+    assert [s["step"] for s in steps if "lr-SGD" in s] == [0, 8, 16]
 
 
 def test_last_ckpt_is_the_most_recent_epoch_even_when_best_is_older(runs_root):
@@ -144,7 +147,9 @@ def test_keyboard_interrupt_marks_the_run_stopped(runs_root):
     assert [e["type"] for e in events_of(run)][-1] == "training_stopped"
 
 
-def test_stop_request_stops_at_the_next_batch(runs_root):
+def test_stop_request_stops_within_a_tick(runs_root):
+    from trackbridge.callbacks.record_writer import TICK_S
+
     stack = build_callbacks(local_config(runs_root, run_id="stopme"))
     run = stack.run_dir
 
@@ -154,8 +159,10 @@ def test_stop_request_stops_at_the_next_batch(runs_root):
                 run.request_stop("test")  # as the web API would, from outside the loop
             return super().training_step(batch, batch_idx)
 
-    trainer = fit(stack, RequestsStop(), epochs=5)
-    assert trainer.global_step == 11
+    batch_s = 0.02
+    trainer = fit(stack, RequestsStop(sleep_s=batch_s), epochs=5)
+    # the writer thread looks for the file every TICK_S; the training stops after the batch in progress
+    assert 11 <= trainer.global_step <= 11 + TICK_S / batch_s + 2
     info = run.read_run()
     assert info["status"] == "stopped" and info["error"] is None
     types = [e["type"] for e in events_of(run)]

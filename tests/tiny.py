@@ -61,13 +61,12 @@ def tiny_loaders(n: int = 64, batch_size: int = 8) -> tuple[DataLoader, DataLoad
 
 
 def tiny_trainer(callbacks, max_epochs: int = 3, **kwargs) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=max_epochs,
-        callbacks=callbacks,
+    options = dict(
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=2,
         accelerator="cpu",
-        **kwargs,
     )
+    options.update(kwargs)
+    return pl.Trainer(max_epochs=max_epochs, callbacks=callbacks, **options)

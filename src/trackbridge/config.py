@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from .record.ids import validate_run_id
+from .record.liveness import default_stale_after_s
 from .tasks import MODES, TaskSpec, get_task
 
 MIRROR_CHECKPOINTS = ("best_last", "none")
@@ -40,9 +41,12 @@ class TrackingConfig:
     register_alias: str = "champion"
     mirror_checkpoints: str = "best_last"
     flush_timeout_s: float = 30.0
-    # Live progress
+    # Live progress and liveness (DESIGN §2)
     progress_interval_s: float = 1.0
     heartbeat_interval_s: float = 15.0
+    stale_after_s: float | None = None  # None: $TRACKBRIDGE_STALE_AFTER_S, else 120
+    # System metrics (system.jsonl, MLflow system/...): seconds between samples, 0 turns them off
+    system_metrics_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
         spec = get_task(self.task)
@@ -71,8 +75,16 @@ class TrackingConfig:
         if self.progress_interval_s <= 0:
             raise ValueError(f"`progress_interval_s` must be > 0, got {self.progress_interval_s}")
         if not 0 < self.heartbeat_interval_s <= 30:
-            # a reader on another host calls a run dead after TRACKBRIDGE_STALE_AFTER_S without a beat
+            # a reader on another host calls a run dead after stale_after_s without a beat
             raise ValueError(f"`heartbeat_interval_s` must be in (0, 30], got {self.heartbeat_interval_s}")
+        if self.stale_after_s is None:
+            object.__setattr__(self, "stale_after_s", default_stale_after_s())
+        elif not self.stale_after_s > 0:
+            raise ValueError(f"`stale_after_s` must be > 0 seconds, got {self.stale_after_s}")
+        if self.system_metrics_interval_s < 0:
+            raise ValueError(
+                f"`system_metrics_interval_s` must be >= 0 (0 turns system metrics off), got {self.system_metrics_interval_s}"
+            )
         if self.resume and self.run_id is None:
             raise ValueError("`resume=True` needs the `run_id` of the run to resume")
         # Freeze the mapping too: a frozen dataclass with a mutable dict inside is not frozen.

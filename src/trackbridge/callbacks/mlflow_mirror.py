@@ -26,8 +26,8 @@ from ..mirror.worker import MirrorWorker, end_ms_now
 from ..record.jsonio import to_jsonable
 from ..record.run_dir import RunDirectory
 from ..record.status import RunStatus
-from .run_state import epoch_record, mark_epoch_start, run_outcome
-from .step_metrics import StepMetricsLogger
+from .guard import tracking_hook
+from .session import RunSession
 
 FINAL_ARTIFACTS = ("metrics.json", "run.json", "logs/training.log")
 # How long a DDP rank zero waits in setup for the MLflow run id it broadcasts.
@@ -35,20 +35,17 @@ DDP_RUN_ID_WAIT_S = 10.0
 
 
 class MLflowMirror(pl.Callback):
-    """Mirror the run of ``run_dir`` into MLflow as ``config`` says (DESIGN §6).
+    """Mirror the run of ``session`` into MLflow as ``config`` says (DESIGN §6).
 
-    ``step_logger`` is the stack's steps.jsonl logger: each step line it
-    writes is mirrored too, at ``step = global step``. :attr:`mlflow_run_id`
+    The run's writer thread hands over what it wrote: each step line is
+    mirrored too, at ``step = global step``. :attr:`mlflow_run_id`
     is the MLflow run's id once known; in a DDP run every rank gets it from
     rank zero in ``setup``, and only rank zero talks to MLflow.
     """
 
-    def __init__(
-        self, config: TrackingConfig, run_dir: RunDirectory, step_logger: StepMetricsLogger | None = None
-    ) -> None:
+    def __init__(self, config: TrackingConfig, session: RunSession) -> None:
         self.config = config
-        self.run_dir = run_dir
-        self.step_logger = step_logger
+        self.session = session
         self.worker: MirrorWorker | None = None
         self.delivered: bool | None = None  # after fit: did everything reach MLflow in time?
         self._broadcast_run_id: str | None = None
@@ -61,18 +58,51 @@ class MLflowMirror(pl.Callback):
         return self._broadcast_run_id
 
     @property
+    def run_dir(self) -> RunDirectory:
+        assert self.session.run_dir is not None
+        return self.session.run_dir
+
+    @property
     def tracking_uri(self) -> str | None:
-        return self.worker.tracking_uri if self.worker is not None else None
+        return self.worker.tracking_uri if self.worker is not None else resolve_tracking_uri(self.config.tracking_uri)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config, "session": self.session}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["config"], state["session"])  # type: ignore[misc]
+
+    # -- what the Lightning logger asks ------------------------------------------------------
+    def wait_for_run_id(self, timeout: float) -> str | None:
+        """The MLflow run id, waiting up to ``timeout`` s for the worker's first connection."""
+        if self.worker is not None and self.worker.mlflow_run_id is None:
+            self.worker.ready.wait(timeout)
+        return self.mlflow_run_id
+
+    def upload(self, relpath: str) -> None:
+        """Upload ``run_dir/relpath`` as an artifact at the same path (e.g. config.yaml)."""
+        if self.worker is not None:
+            self.worker.upload(relpath)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Params logged by ``logger.log_hyperparams`` at any time (new keys reach MLflow)."""
+        if self.worker is not None and hasattr(self.worker, "log_params"):
+            self.worker.log_params(params)
 
     # -- lifecycle -------------------------------------------------------------
+    @tracking_hook
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self.session.setup(trainer)
         if trainer.is_global_zero:
+            self.session.mirror = self
             self.worker = self._make_worker(trainer, pl_module)
             self.worker.start()
-            if self.step_logger is not None and self._on_step not in self.step_logger.listeners:
-                self.step_logger.listeners.append(self._on_step)
+            writer = self.session.writer
+            if writer is not None:  # the mirror gets what the local record holds, once it holds it
+                writer.subscribe("steps", self._on_steps)
+                writer.subscribe("epoch", self._on_epoch)
         if trainer.world_size > 1:
             # Every rank learns the run id; the wait is bounded and happens once, before training.
             if self.worker is not None:
@@ -96,6 +126,7 @@ class MLflowMirror(pl.Callback):
             flush_timeout_s=self.config.flush_timeout_s,
         )
 
+    @tracking_hook
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.worker is None:
             return
@@ -104,37 +135,50 @@ class MLflowMirror(pl.Callback):
             self.worker.reconcile(trainer.current_epoch, trainer.global_step)
         self._mtimes = {path: _mtime(self.run_dir.path / path) for path in self._checkpoint_paths()}
 
+    @tracking_hook
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        mark_epoch_start(trainer)
+        self.session.epoch_started(trainer)
 
+    @tracking_hook
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.worker is None:
             return
-        self.worker.log_epoch(epoch_record(trainer))
         self._upload_changed_checkpoints()
 
+    @tracking_hook
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.worker is None:
             return
-        status, _ = run_outcome(trainer)
+        status, _ = self.session.outcome()
+        self.session.flush()  # the last step lines reach the worker through the writer
         self._finish(status, pl_module)
 
+    @tracking_hook
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self.worker is None:
             return
-        status, error = run_outcome(trainer, exception)
+        status, error = self.session.outcome(exception)
+        self.session.flush()
         self._finish(status, pl_module, error)
 
+    @tracking_hook
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.worker is not None and self.worker.alive:  # fit ended without on_train_end/on_exception
             self.worker.close(self.config.flush_timeout_s)
-        if self.step_logger is not None and self._on_step in self.step_logger.listeners:
-            self.step_logger.listeners.remove(self._on_step)
+        writer = self.session.writer
+        if writer is not None:
+            writer.unsubscribe("steps", self._on_steps)
+            writer.unsubscribe("epoch", self._on_epoch)
 
     # -- what goes to the worker ---------------------------------------------
-    def _on_step(self, line: dict[str, Any]) -> None:
+    def _on_epoch(self, record: dict[str, Any]) -> None:
         if self.worker is not None:
-            self.worker.log_step(line)
+            self.worker.log_epoch(record)
+
+    def _on_steps(self, lines: list[dict[str, Any]]) -> None:
+        if self.worker is not None:
+            for line in lines:
+                self.worker.log_step(line)
 
     def _checkpoint_paths(self) -> list[str]:
         if self.config.mirror_checkpoints == "none":

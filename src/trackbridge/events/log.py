@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..record.jsonio import read_jsonl
-from ..record.jsonl import JsonlAppender
+from ..record.jsonio import dumps_strict, read_jsonl
+from ..record.jsonl import JsonlAppender, last_record
 from ..record.locks import lock_for
 from .broker import EventBroker
 
@@ -22,24 +22,12 @@ def read_events(path: str | os.PathLike[str], after_id: int = 0) -> Iterator[dic
 
 def last_event_id(path: str | os.PathLike[str]) -> int:
     """The id of the log's last complete event (0 if none), read from its tail, not the whole file."""
-    try:
-        with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            chunk = 1 << 16
-            while True:
-                start = max(0, size - chunk)
-                fh.seek(start)
-                data = fh.read(size - start)
-                lines = data[: data.rfind(b"\n") + 1].splitlines()
-                for line in reversed(lines if start == 0 else lines[1:]):  # lines[0] may be cut
-                    event = parse_event_line(line)
-                    if event is not None:
-                        return event["id"]
-                if start == 0:
-                    return 0
-                chunk *= 4
-    except FileNotFoundError:
-        return 0
+    event = last_record(path, _is_event)
+    return event["id"] if event is not None else 0
+
+
+def _is_event(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("id"), int) and not isinstance(value["id"], bool)
 
 
 def parse_event_line(line: bytes) -> dict[str, Any] | None:
@@ -51,9 +39,7 @@ def parse_event_line(line: bytes) -> dict[str, Any] | None:
         event = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if isinstance(event, dict) and isinstance(event.get("id"), int) and not isinstance(event["id"], bool):
-        return event
-    return None
+    return event if _is_event(event) else None
 
 
 class EventLog:
@@ -81,13 +67,24 @@ class EventLog:
 
     def put(self, event: dict[str, Any], *, fsync: bool = True) -> dict[str, Any]:
         """Append ``event`` as the log's next id; returns the event as written. Raises OSError (nothing kept)."""
+        return self.put_many([event], fsync=fsync)[0]
+
+    def put_many(self, events: list[dict[str, Any]], *, fsync: bool = True) -> list[dict[str, Any]]:
+        """Append ``events`` in order, numbered after the log's last id, in one write under the run's lock.
+
+        All or nothing: on an ``OSError`` the file is cut back and nothing is published.
+        """
+        if not events:
+            return []
         with lock_for(self.path.parent):
-            written = {**event, "id": self.last_id() + 1}
-            self._appender.append(written, fsync=fsync)
+            first = self.last_id() + 1
+            written = [{**event, "id": first + i} for i, event in enumerate(events)]
+            self._appender.append_lines([dumps_strict(event) for event in written], fsync=fsync)
             ino, size = _identity(self.path) or (0, 0)
-            self._known = (ino, size, written["id"])
+            self._known = (ino, size, written[-1]["id"])
         if self.broker is not None:
-            self.broker.publish(written)
+            for event in written:
+                self.broker.publish(event)
         return written
 
     def read(self, after_id: int = 0) -> Iterator[dict[str, Any]]:

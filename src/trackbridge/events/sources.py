@@ -233,7 +233,8 @@ class MlflowEventSource:
 
 
 def _is_epoch_metric(key: str) -> bool:
-    return key != "epoch" and not key.endswith(STEP_SUFFIX)
+    """Keys whose history may hold epoch points (``epoch`` itself gives their steps and timestamps)."""
+    return not key.endswith(STEP_SUFFIX)
 
 
 def _finite(value: float) -> float | None:
@@ -247,19 +248,30 @@ def _ms_to_iso(ms: int | None) -> str | None:
 
 
 def _epoch_records(histories: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """One record per step >= 1 across the epoch metrics: ``{"epoch", <key>: value, ..., "time"}``."""
-    by_epoch: dict[int, dict[str, Any]] = {}
-    stamps: dict[int, int] = {}
+    """The epoch records (``{"epoch", <key>: value, ..., "time"}``) held in MLflow's histories.
+
+    The mirror logs every key of an epoch record at ``step = epoch`` with the
+    record's own timestamp, the ``epoch`` key included; so the points of epoch
+    ``k`` are exactly those at step ``k`` with the timestamp of the ``epoch``
+    metric's point at step ``k``. Step curves (a global step that happens to
+    equal an epoch number) and stage metrics (logged at the last epoch's step,
+    later) carry other timestamps and stay out.
+    """
+    stamps = {int(p.step): int(p.timestamp) for p in histories.get("epoch", ()) if p.step >= 1}
+    if not stamps:  # a run mirrored without the epoch key: every step >= 1 of the non-step keys
+        stamps = {int(p.step): int(p.timestamp) for points in histories.values() for p in points if p.step >= 1}
+        exact = False
+    else:
+        exact = True
+    by_epoch: dict[int, dict[str, Any]] = {step: {} for step in stamps}
     for key, points in histories.items():
+        if key == "epoch":
+            continue
         for point in sorted(points, key=lambda p: (p.step, p.timestamp)):
-            if point.step < 1:
-                continue
-            by_epoch.setdefault(point.step, {})[key] = _finite(float(point.value))
-            stamps[point.step] = max(stamps.get(point.step, 0), int(point.timestamp))
-    records = []
-    for epoch in sorted(by_epoch):
-        records.append({"epoch": epoch, **by_epoch[epoch], "time": _ms_to_iso(stamps[epoch])})
-    return records
+            step = int(point.step)
+            if step in by_epoch and (not exact or int(point.timestamp) == stamps[step]):
+                by_epoch[step][key] = _finite(float(point.value))
+    return [{"epoch": epoch, **by_epoch[epoch], "time": _ms_to_iso(stamps[epoch])} for epoch in sorted(by_epoch)]
 
 
 def _max_epochs(run: "Run") -> int | None:

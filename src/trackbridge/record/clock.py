@@ -22,3 +22,8 @@ def parse_iso(text: str) -> datetime:
     """Inverse of :func:`iso` (also accepts ``+00:00``)."""
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def iso_from_timestamp(seconds: float) -> str:
+    """:func:`iso` of a ``time.time()`` value (taken cheaply on a hot path, formatted later)."""
+    return iso(datetime.fromtimestamp(seconds, tz=timezone.utc))

@@ -120,7 +120,14 @@ def write_jsonl_atomic(path: str | os.PathLike[str], values: Iterable[Any]) -> N
     _replace_atomically(path, (dumps_strict(value) + "\n" for value in values))
 
 
-def _replace_atomically(path: str | os.PathLike[str], chunks: Iterable[str], *, fsync: bool = True) -> None:
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (an image, a numpy file): temp file, fsync, rename."""
+    _replace_atomically(path, [data], fsync=fsync, binary=True)
+
+
+def _replace_atomically(
+    path: str | os.PathLike[str], chunks: Iterable[str] | Iterable[bytes], *, fsync: bool = True, binary: bool = False
+) -> None:
     """Temp file in the same folder, flush, fsync, ``os.replace``: readers see old or new, never half.
 
     The file gets the mode any file the user creates gets (0644 under umask
@@ -132,7 +139,7 @@ def _replace_atomically(path: str | os.PathLike[str], chunks: Iterable[str], *, 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as fh:
             for chunk in chunks:
                 fh.write(chunk)
             fh.flush()

@@ -11,9 +11,10 @@ a torn last line: it is being written now or was never finished.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .jsonio import dumps_strict
 
@@ -100,3 +101,36 @@ def _truncate_quietly(fd: int, size: int) -> None:
         os.ftruncate(fd, size)
     except OSError:
         pass  # the next append cuts the torn tail instead
+
+
+def last_record(path: str | os.PathLike[str], accept: Callable[[Any], bool] = lambda value: True) -> Any | None:
+    """The last complete line of ``path`` that parses and that ``accept`` takes, read from the tail; None if none."""
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return None
+    with fh:
+        size = fh.seek(0, os.SEEK_END)
+        chunk = _CHUNK
+        while True:
+            start = max(0, size - chunk)
+            fh.seek(start)
+            data = fh.read(size - start)
+            lines = data[: data.rfind(b"\n") + 1].splitlines()
+            for line in reversed(lines if start == 0 else lines[1:]):  # lines[0] may be cut
+                value = _parse(line)
+                if value is not None and accept(value):
+                    return value
+            if start == 0:
+                return None
+            chunk *= 4
+
+
+def _parse(line: bytes) -> Any | None:
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        return json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None

@@ -33,8 +33,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import psutil
-
 from .clock import parse_iso, utc_now
 from .ids import RUN_ID_PATTERN
 from .run_dir import RunDirectory
@@ -59,6 +57,8 @@ def default_stale_after_s(environ: Mapping[str, str] | None = None) -> float:
 
 def process_start_time(pid: int) -> float | None:
     """The start time of process ``pid`` (epoch seconds), or None if it is gone."""
+    import psutil  # only readers that judge by pid need it
+
     try:
         return psutil.Process(pid).create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
