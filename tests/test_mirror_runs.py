@@ -44,7 +44,7 @@ def fit_tiny(runs_root, run_id, tracking_uri, *, module=None, epochs=3, resume=F
         task="regression", runs_root=runs_root, run_id=run_id, tracking_uri=tracking_uri,
         resume=resume, early_stopping_patience=0, **config,
     ))
-    mirror = next(cb for cb in stack if isinstance(cb, MLflowMirror))
+    mirror = next(cb for cb in stack.parts if isinstance(cb, MLflowMirror))
     train, val = tiny_loaders()
     trainer = tiny_trainer([*stack, *(cb(stack.run_dir) for cb in extra)], max_epochs=epochs)
     trainer.fit(module or TinyRegressor(), train, val, ckpt_path=stack.run_dir.last_ckpt if resume else None)

@@ -47,15 +47,20 @@ def events_of(run: RunDirectory) -> list[dict]:
 def test_stack_contains_the_design_callbacks(runs_root):
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
+    from trackbridge.callbacks.composite import TrackbridgeCallback
+
     stack = build_callbacks(local_config(runs_root, run_id="s1"))
-    kinds = [type(cb).__name__ for cb in stack]
+    kinds = [type(cb).__name__ for cb in stack.parts]
     for name in ("JSONMetricLogger", "RunStatusUpdater", "SSENotifier", "LearningRateMonitor", "EarlyStopping"):
         assert name in kinds
+    # trackbridge's parts reach the Trainer as one callback: Lightning's per-callback cost is paid once
+    assert [type(cb).__name__ for cb in stack] == ["TrackbridgeCallback", "EarlyStopping", "ModelCheckpoint", "ModelCheckpoint"]
+    assert isinstance(stack[0], TrackbridgeCallback)
     checkpoints = [cb for cb in stack if isinstance(cb, ModelCheckpoint)]
     assert [(c.monitor, c.mode, c.filename) for c in checkpoints] == [("val_mae", "min", "best"), (None, "min", "last")]
     early = next(cb for cb in stack if isinstance(cb, EarlyStopping))
     assert (early.monitor, early.mode, early.min_delta, early.patience) == ("val_loss", "min", -1e-4, 10)
-    lr = next(cb for cb in stack if isinstance(cb, LearningRateMonitor))
+    lr = next(cb for cb in stack.parts if isinstance(cb, LearningRateMonitor))
     assert lr.logging_interval == "epoch"
     off = build_callbacks(local_config(runs_root, run_id="s2", early_stopping_patience=0))
     assert not any(isinstance(cb, EarlyStopping) for cb in off)

@@ -92,6 +92,17 @@ class TrackingConfig:
             self, "hyperparameters", MappingProxyType(dict(self.hyperparameters))
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The frozen mapping does not pickle (ddp_spawn pickles the whole stack): travel as a dict.
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        state["hyperparameters"] = dict(self.hyperparameters)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "hyperparameters", MappingProxyType(dict(state.get("hyperparameters") or {})))
+
     @property
     def task_spec(self) -> TaskSpec:
         return get_task(self.task)

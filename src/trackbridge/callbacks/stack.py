@@ -16,6 +16,7 @@ from ..record.run_dir import RunDirectory, RunExistsError, RunNotFoundError
 from ..record.status import RunStatus
 from .checkpoints import best_checkpoint, last_checkpoint
 from .clock import RunClock
+from .composite import TrackbridgeCallback
 from .input_example import InputExampleRecorder
 from .json_metric_logger import JSONMetricLogger
 from .logger import LoggerAttacher, TrackbridgeLogger
@@ -30,15 +31,28 @@ from .training_log import TrainingLogFile
 class CallbackStack(list):
     """The list of callbacks for ``Trainer(callbacks=...)``, plus the run it records.
 
-    ``stack.logger`` is the run's Lightning logger (``Trainer(logger=stack.logger)``);
-    ``stack.session`` what the callbacks share.
+    The list holds trackbridge's parts behind one :class:`TrackbridgeCallback`
+    (see :mod:`.composite` for why), EarlyStopping and the two
+    ModelCheckpoints. ``stack.parts`` lists every callback of DESIGN §3 the
+    stack runs; ``stack.logger`` is the run's Lightning logger
+    (``Trainer(logger=stack.logger)``); ``stack.session`` what they share.
     """
 
-    def __init__(self, callbacks: list[pl.Callback], config: TrackingConfig, session: RunSession, logger: TrackbridgeLogger) -> None:
+    def __init__(
+        self, callbacks: list[pl.Callback], config: TrackingConfig, session: RunSession, logger: TrackbridgeLogger
+    ) -> None:
         super().__init__(callbacks)
         self.config = config
         self.session = session
         self.logger = logger
+
+    @property
+    def parts(self) -> list[pl.Callback]:
+        """Every callback the stack runs, trackbridge's parts unfolded, in order."""
+        unfolded: list[pl.Callback] = []
+        for callback in self:
+            unfolded += callback.parts if isinstance(callback, TrackbridgeCallback) else [callback]
+        return unfolded
 
     @property
     def run_dir(self) -> RunDirectory:
@@ -74,25 +88,13 @@ def build_callbacks(config: TrackingConfig) -> CallbackStack:
     first_event_id = session.writer.events.last_id() + 1 if session.writer is not None else 1
 
     logger = TrackbridgeLogger(session)
-    callbacks: list[pl.Callback] = [
+    parts: list[pl.Callback] = [
         RunClock(session),
         InputExampleRecorder(session),
         TrainingLogFile(run_dir.training_log, session=session),
         StopRequestWatcher(run_dir.stop_request, session=session),
         LoggerAttacher(logger),
         LearningRateMonitor(logging_interval="epoch"),
-    ]
-    if config.early_stopping_patience > 0:
-        callbacks.append(
-            EarlyStopping(
-                monitor="val_loss",
-                mode="min",
-                min_delta=1e-4,
-                patience=config.early_stopping_patience,
-                verbose=True,
-            )
-        )
-    callbacks += [
         # metrics.json first: the local record is written before any view of it
         JSONMetricLogger(run_dir.metrics_json, session=session),
         RunStatusUpdater(
@@ -111,9 +113,20 @@ def build_callbacks(config: TrackingConfig) -> CallbackStack:
         ),
     ]
     if config.system_metrics_interval_s > 0:
-        callbacks.append(SystemMetricsSampler(session, config.system_metrics_interval_s))
+        parts.append(SystemMetricsSampler(session, config.system_metrics_interval_s))
     if config.mlflow:
-        callbacks.append(_mlflow_mirror(config, session))
+        parts.append(_mlflow_mirror(config, session))
+    callbacks: list[pl.Callback] = [TrackbridgeCallback(parts)]
+    if config.early_stopping_patience > 0:
+        callbacks.append(
+            EarlyStopping(
+                monitor="val_loss",
+                mode="min",
+                min_delta=1e-4,
+                patience=config.early_stopping_patience,
+                verbose=True,
+            )
+        )
     # Lightning moves checkpoint callbacks last; the best one first keeps it trainer.checkpoint_callback.
     callbacks += [
         best_checkpoint(run_dir.checkpoints_dir, config.resolved_monitor, config.resolved_mode),
