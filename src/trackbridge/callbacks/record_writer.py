@@ -30,12 +30,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 from ..console import announce
 from ..events.log import EventLog
 from ..record.clock import iso_from_timestamp
-from ..record.jsonio import dumps_strict, read_json, write_text_atomic
+from ..record.jsonio import dumps_strict, read_json, write_bytes_atomic
 from ..record.jsonl import JsonlAppender, last_record
 from ..record.run_dir import RunDirectory
 
@@ -151,7 +151,7 @@ class RecordWriter:
         # the record as written
         self._appenders: dict[str, JsonlAppender] = {}
         self._epochs: list[dict[str, Any]] = []
-        self._epoch_json: list[str] = []
+        self._epoch_json: list[bytes] = []
         self._stages: list[dict[str, Any]] = []
         self._metrics_dirty = False
         self._unwritten_epochs: list[dict[str, Any]] = []
@@ -276,7 +276,7 @@ class RecordWriter:
         for record in epochs or []:
             if isinstance(record, dict) and isinstance(record.get("epoch"), int):
                 self._epochs.append(record)
-                self._epoch_json.append(dumps_strict(record))
+                self._epoch_json.append(dumps_strict(record).encode("utf-8"))
         self._stages = [s for s in (stored.get("stages") or []) if isinstance(s, dict)] if isinstance(stored, dict) else []
         self.epoch_floor = max((r["epoch"] for r in self._epochs), default=0)
         if self.run_dir is not None:  # a resumed run must not keep a torn tail
@@ -377,7 +377,7 @@ class RecordWriter:
             if record["epoch"] <= (self._epochs[-1]["epoch"] if self._epochs else 0):
                 continue  # never rewrite history (DESIGN §6): the first record of an epoch stays
             self._epochs.append(record)
-            self._epoch_json.append(dumps_strict(record))
+            self._epoch_json.append(dumps_strict(record).encode("utf-8"))
             self._unwritten_epochs.append(record)
         self._stages.extend(stages)
         self._unwritten_stages.extend(stages)
@@ -385,7 +385,7 @@ class RecordWriter:
             return [], []
         try:
             self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.metrics_path, self._metrics_text())
+            write_bytes_atomic(self.metrics_path, self._metrics_bytes())
         except OSError as exc:
             self._metrics_dirty = True
             self.outage.failed("metrics.json", exc)
@@ -396,14 +396,18 @@ class RecordWriter:
         self._unwritten_epochs, self._unwritten_stages = [], []
         return written
 
-    def _metrics_text(self) -> Iterable[str]:
-        yield '{\n  "epochs": ['
-        for i, text in enumerate(self._epoch_json):
-            yield ("\n    " if i == 0 else ",\n    ") + text
-        yield "\n  ]" if self._epoch_json else "]"
+    def _metrics_bytes(self) -> bytes:
+        """metrics.json, one record a line; each record was serialized once, when it came."""
+        parts = [b'{\n  "epochs": [']
+        if self._epoch_json:
+            parts += [b"\n    ", b",\n    ".join(self._epoch_json), b"\n  ]"]
+        else:
+            parts.append(b"]")
         if self._stages:
-            yield ',\n  "stages": [' + ",".join("\n    " + dumps_strict(s) for s in self._stages) + "\n  ]"
-        yield "\n}\n"
+            stages = b",\n    ".join(dumps_strict(s).encode("utf-8") for s in self._stages)
+            parts += [b',\n  "stages": [\n    ', stages, b"\n  ]"]
+        parts.append(b"\n}\n")
+        return b"".join(parts)
 
     def _write_run(self, changes: list[RunChange]) -> None:
         changes = self._pending_run + changes
