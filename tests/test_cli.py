@@ -163,9 +163,18 @@ def test_import_trackbridge_does_not_import_mlflow_or_heavy_extras():
         assert heavy not in imported
 
 
-def test_public_api_all_is_sorted_and_complete():
-    import trackbridge
+def test_public_api_all_is_complete():
+    """Every public class of the record, every callback, and every name trackbridge lists resolves."""
+    import inspect
 
-    assert trackbridge.__all__ == sorted(trackbridge.__all__)
+    import trackbridge
+    import trackbridge.callbacks
+    import trackbridge.record
+
     for name in trackbridge.__all__:
-        assert getattr(trackbridge, name) is not None
+        assert getattr(trackbridge, name) is not None, name
+    public = set(trackbridge.callbacks.__all__)
+    public |= {n for n in trackbridge.record.__all__ if inspect.isclass(getattr(trackbridge.record, n))}
+    public |= {"TrackingConfig", "TASKS", "TaskSpec", "UnknownTaskError", "get_task"}
+    assert sorted(public - set(trackbridge.__all__)) == []
+    assert dir(trackbridge) == trackbridge.__all__

@@ -232,8 +232,9 @@ class RunSession:
         """Report how training ended (the owner's last word on the status)."""
         self.owner_status = status
         if self._writer is not None:
+            # The beat goes on while this process holds the run (``attached``): validate and test
+            # stages may follow, and a stream stays open for them until the process lets go.
             self._writer.training = False
-            self._writer.beating = False  # a finished run is not judged by its heartbeat any more
 
         def ended(record: dict[str, Any]) -> None:
             self._transition(record, status)
