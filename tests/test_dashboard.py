@@ -126,20 +126,29 @@ def test_dashboard_assets_stay_inside_static(runs_root: Path, path: str) -> None
     assert b"import" not in response.data and b"root:" not in response.data
 
 
-def test_dashboard_token_guards_page_and_assets_and_is_passed_on(runs_root: Path) -> None:
+def test_dashboard_token_guards_page_and_assets_and_moves_to_a_cookie(runs_root: Path) -> None:
+    """The page opened with ?token= sets an HttpOnly, SameSite=Strict cookie; no URL of the page holds the token.
+
+    (Before issue 11 the page put ?token= on every asset and API URL; the cookie replaces that.)
+    """
     client = create_app(runs_root, token="s3cret").test_client()
-    for path in ("/", "/runs/run-1", "/assets/dashboard.js"):
+    for path in ("/", "/runs/run-1", "/assets/dashboard.js", "/api/runs"):
         refused = client.get(path)
         assert refused.status_code == 401, path
         assert "token" in refused.get_json()["error"]
         assert client.get(path, query_string={"token": "wrong"}).status_code == 401
     page = client.get("/runs/run-1", query_string={"token": "s3cret"})
     assert page.status_code == 200
-    refs = _refs(page.get_data(as_text=True)).refs
-    assets = [ref for ref in refs if "assets/" in ref]
-    assert assets and all(ref.endswith("?token=s3cret") for ref in assets)
-    for ref in assets:
+    cookie = page.headers["Set-Cookie"]
+    assert cookie.startswith("trackbridge_token=s3cret;")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    html = page.get_data(as_text=True)
+    assert "s3cret" not in html  # not in any URL of the page, nor anywhere else in it
+    assets = [ref for ref in _refs(html).refs if "assets/" in ref]
+    assert assets
+    for ref in assets:  # the test client keeps the cookie, as a browser does
         assert client.get("/" + ref.lstrip("./")).status_code == 200, ref
+    assert client.get("/api/runs").status_code == 200
     assert client.get("/", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 

@@ -51,7 +51,7 @@ class ServeProcess:
         self.log = log or runs_root.parent / f"serve-{self.port}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trackbridge", "serve", "--port", str(self.port), "--runs-root", str(runs_root),
-             "--threads", "512", *extra_args],
+             *extra_args],
             stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, env=_env(**(env or {})), start_new_session=True,
         )
         try:
