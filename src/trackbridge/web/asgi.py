@@ -108,6 +108,8 @@ class AsgiApp:
     async def _reply(self, send: Send, reply: Reply, request: ApiRequest) -> None:
         reply = self.live.finish(reply, request)
         headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in reply.header_items()]
+        if reply.status not in (204, 304):
+            headers.append((b"content-length", str(len(reply.body)).encode("ascii")))
         if reply.status == 413:
             headers.append((b"connection", b"close"))  # the rest of the body is never read: drop the connection
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
