@@ -229,7 +229,7 @@ def live_run(runs_root: Path, run_id: str, **fields: Any) -> Path:
 
     run_dir = RunDirectory(runs_root, run_id)
     run_dir.create({"task": "regression"})
-    run_dir.update_run(status="running", **ProcessIdentity.current().as_fields(), **fields)
+    run_dir.update_run(status="running", **{**ProcessIdentity.current().as_fields(), **fields})
     return run_dir.path
 
 

@@ -98,6 +98,7 @@ class FileEventSource:
         self._offset = 0  # bytes of complete lines consumed
         self._last_id = 0  # highest id among those lines
         self._last_type: str | None = None
+        self._last_time: str | None = None
         self._inode: int | None = None
         self._checked_at = -math.inf
         self._derived: dict[str, Any] | None = None
@@ -115,7 +116,7 @@ class FileEventSource:
         """The log's last complete event (or the derived end of a dead run), read from the tail."""
         event = self._tail_event()
         if event is not None and event["id"] > self._last_id:
-            self._last_id, self._last_type = event["id"], event.get("type")
+            self._last_id, self._last_type, self._last_time = event["id"], event.get("type"), event.get("time")
         derived = self._derived_end()
         return derived if derived is not None and (event is None or derived["id"] > event["id"]) else event
 
@@ -148,7 +149,7 @@ class FileEventSource:
             if event is None:
                 continue
             if event["id"] >= self._last_id:
-                self._last_id, self._last_type = event["id"], event.get("type")
+                self._last_id, self._last_type, self._last_time = event["id"], event.get("type"), event.get("time")
             if event["id"] > after_id:
                 events.append(event)
         return events
@@ -188,16 +189,19 @@ class FileEventSource:
             if reason is None:
                 self._derived = None
             elif self._derived is None or self._derived.get("error") != reason:
-                self._derived = make_event(
+                derived = make_event(
                     self._last_id + 1, EventType.TRAINING_FAILED, self.run_id,
                     status=RunStatus.FAILED.value, error=reason, derived=True,
                 )
+                # Its time is the last sign of life in the log: the same for every reader of the run.
+                self._derived = {**derived, "time": self._last_time or derived["time"]}
         return self._derived
 
     def _rewind(self) -> None:
         self._offset = 0
         self._last_id = 0
         self._last_type = None
+        self._last_time = None
 
 
 def _parse_line(line: bytes) -> dict[str, Any] | None:
