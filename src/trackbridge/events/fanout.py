@@ -52,6 +52,7 @@ class AsyncFanout:
         """
         loop = asyncio.get_running_loop()
         channel = await self._channel(run_id, make_source)
+        channel._make_source = channel._make_source or make_source
         reader = AsyncEventStream(self, channel, after_id)
         channel.readers.add(reader)  # from here on, live events reach it (held until its history is in)
         self._readers.add(reader)
@@ -130,6 +131,10 @@ class _Channel:
         self.loop = loop
         self.readers: set[AsyncEventStream] = set()
         self._scheduled = False
+        self._source: EventSource | None = None
+        self._make_source: SourceFactory | None = None
+        self._wanting: set[AsyncEventStream] = set()
+        self._reading: asyncio.Task[None] | None = None
         subscription.waker = self._wake
         if subscription.ended:
             loop.call_soon(self._drain)
@@ -157,6 +162,31 @@ class _Channel:
         for reader in list(self.readers):  # the one pass
             reader._deliver(events, lost, ended)
 
+    # -- reads of the durable log, shared: one read answers every reader that needs one ---------
+    def want_read(self, reader: "AsyncEventStream") -> None:
+        """``reader`` must read the log after its ``last_id`` (it fell behind, or it checks its end)."""
+        self._wanting.add(reader)
+        if self._reading is None:
+            self._reading = self.loop.create_task(self._read_rounds())
+
+    async def _read_rounds(self) -> None:
+        try:
+            while self._wanting:
+                readers, self._wanting = self._wanting, set()
+                after = min(reader.state.last_id for reader in readers)
+                if self._source is None:
+                    self._source = self._make_source() if self._make_source else None
+                events: list[dict[str, Any]] | None = None
+                if self._source is not None:
+                    try:
+                        events = await self.loop.run_in_executor(None, self._source.read, after)
+                    except OSError as exc:  # MLflow down for a moment: the readers retry at the next tick
+                        log.debug("catch-up read of run %s failed: %s", self.run_id, exc)
+                for reader in readers:
+                    reader._log_read(events)
+        finally:
+            self._reading = None
+
 
 class AsyncEventStream:
     """One asyncio reader of a run: ``await next_batch()`` until it returns :data:`END`.
@@ -177,6 +207,7 @@ class AsyncEventStream:
         self._waiter: asyncio.Future[None] | None = None
         self._active = True  # something was sent since the last heartbeat pass
         self._heartbeat_due = False
+        self._read_failed = False  # the last log read failed: wait for a heartbeat pass before the next
         self._closed = False
 
     @property
@@ -194,9 +225,8 @@ class AsyncEventStream:
             if self._closed or self.state.done:
                 self.close()
                 return END
-            if self.state.needs_read:
-                await self._read_log(loop)  # on a failed read it waits a tick first
-                continue
+            if self.state.needs_read and not self._read_failed:
+                self.channel.want_read(self)  # answered by _log_read
             if self._heartbeat_due:
                 self._heartbeat_due = False
                 return None
@@ -243,7 +273,17 @@ class AsyncEventStream:
             return
         self.ready.extend(self.state.from_live(events))
 
+    def _log_read(self, events: list[dict[str, Any]] | None) -> None:
+        if self._closed:
+            return
+        if events is None:
+            self._read_failed = True
+        else:
+            self.ready.extend(self.state.from_log(events))
+        self._wake()
+
     def _tick(self) -> None:
+        self._read_failed = False
         if not self._active:
             self._heartbeat_due = True
             self._wake()
@@ -253,23 +293,6 @@ class AsyncEventStream:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    async def _read_log(self, loop: asyncio.AbstractEventLoop) -> None:
-        source = self._source
-        if source is None:
-            return
-        try:
-            events = await loop.run_in_executor(None, source.read, self.state.last_id)
-        except OSError as exc:  # MLflow down for a moment: wait for the next heartbeat pass, then retry
-            log.debug("catch-up read of run %s failed: %s", self.run_id, exc)
-            self._heartbeat_due = False
-            self._waiter = loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-            return
-        self.ready.extend(self.state.from_log(events))
 
 
 def _read_history(source: EventSource, after_id: int) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
