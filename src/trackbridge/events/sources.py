@@ -9,7 +9,6 @@ events from the MLflow run, the tracking server being the shared store.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,6 +23,7 @@ from ..record.epoch import STEP_SUFFIX
 from ..record.ids import validate_run_id
 from ..record.run_dir import RunDirectory
 from ..record.status import RunStatus
+from .log import parse_event_line
 from .types import TERMINAL_EVENT_TYPES, EventType, make_event, terminal_event_type
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ class FileEventSource:
         self._offset += end + 1
         events = []
         for line in data[: end + 1].splitlines():
-            event = _parse_line(line)
+            event = parse_event_line(line)
             if event is None:
                 continue
             if event["id"] >= self._last_id:
@@ -168,7 +168,7 @@ class FileEventSource:
                 data = fh.read(size - start)
                 lines = data[: data.rfind(b"\n") + 1].splitlines()
                 for line in reversed(lines if start == 0 else lines[1:]):  # lines[0] may be cut
-                    event = _parse_line(line)
+                    event = parse_event_line(line)
                     if event is not None:
                         return event
                 if start == 0:
@@ -202,19 +202,6 @@ class FileEventSource:
         self._last_id = 0
         self._last_type = None
         self._last_time = None
-
-
-def _parse_line(line: bytes) -> dict[str, Any] | None:
-    line = line.strip()
-    if not line:
-        return None
-    try:
-        event = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    if isinstance(event, dict) and isinstance(event.get("id"), int) and not isinstance(event["id"], bool):
-        return event
-    return None
 
 
 class MlflowEventSource:

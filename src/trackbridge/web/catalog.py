@@ -17,7 +17,6 @@ the command line's job (``trackbridge runs``).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
