@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from .hub import EventHub, SourceFactory
 from .sources import EventSource
@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 
 #: Returned by :meth:`AsyncEventStream.next_batch` when the stream has ended.
 END: list[dict[str, Any]] = []
+
+
+class DirectWriter(Protocol):
+    """A reader's socket as the fan-out's pass may write it: at once, or not at all."""
+
+    def writable(self) -> bool:
+        """Whether a write now goes out without queueing behind a slow client."""
+        ...
+
+    def write(self, events: list[dict[str, Any]]) -> None: ...
 
 
 class AsyncFanout:
@@ -209,6 +219,9 @@ class AsyncEventStream:
         self._heartbeat_due = False
         self._read_failed = False  # the last log read failed: wait for a heartbeat pass before the next
         self._closed = False
+        #: Set by a driver that can write without awaiting (``trackbridge serve``'s own protocol):
+        #: the one pass then writes each batch itself, with no task to wake.
+        self.direct: DirectWriter | None = None
 
     @property
     def last_id(self) -> int:
@@ -264,6 +277,16 @@ class AsyncEventStream:
             return
         if lost:
             self.state.lost()
+        direct = self.direct
+        if direct is not None and self._waiter is not None and not self.ready and direct.writable():
+            # Its driver is parked, nothing is queued before these: write them here, in the pass.
+            out = self.state.from_live(events)
+            if out:
+                direct.write(out)
+                self._active = True
+            if self.state.needs_read:
+                self._wake()  # the end check or a catch-up: the driver's work
+            return
         self._take(events)
         self._wake()
 

@@ -30,6 +30,10 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+#: The ASGI scope extension under which ``trackbridge serve``'s protocol passes its transport.
+TRANSPORT_EXTENSION = "trackbridge.transport"
+#: A reader whose socket holds more unsent bytes than this is written through its driver instead.
+MAX_UNSENT_BYTES = 64 * 1024
 #: A request body must arrive within this many seconds (a trickled body holds a coroutine, not more).
 BODY_TIMEOUT_S = 30.0
 _STREAM_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-store"), (b"x-accel-buffering", b"no")]
@@ -74,10 +78,10 @@ class AsgiApp:
         if kind == "websocket":
             await self._websocket(route, request, receive, send, scope)
         elif kind == "http":
-            await self._http(route, request, receive, send)
+            await self._http(route, request, receive, send, scope)
 
     # -- HTTP -------------------------------------------------------------------------------
-    async def _http(self, route: Route, request: ApiRequest, receive: Receive, send: Send) -> None:
+    async def _http(self, route: Route, request: ApiRequest, receive: Receive, send: Send, scope: Scope) -> None:
         live = self.live
         if request.method == "OPTIONS":
             await self._reply(send, live.preflight(request), request)
@@ -87,7 +91,7 @@ class AsgiApp:
             if route.kind is Kind.WEBSOCKET:
                 raise ApiError(400, "this route needs a WebSocket upgrade (ws:// or wss://)")
             if route.kind is Kind.STREAM:
-                await self._stream(request, receive, send)
+                await self._stream(request, receive, send, scope)
                 return
             if route.reads_body:
                 request.body = await _read_body(receive, live.settings.max_body_bytes)
@@ -115,7 +119,7 @@ class AsgiApp:
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if request.method == "HEAD" else reply.body})
 
-    async def _stream(self, request: ApiRequest, receive: Receive, send: Send) -> None:
+    async def _stream(self, request: ApiRequest, receive: Receive, send: Send, scope: Scope) -> None:
         live = self.live
         loop = asyncio.get_running_loop()
         plan = await loop.run_in_executor(None, live.prepare_stream, request)
@@ -131,6 +135,9 @@ class AsgiApp:
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": OPENING, "more_body": True})
+            transport = (scope.get("extensions") or {}).get(TRANSPORT_EXTENSION)
+            if transport is not None and scope.get("http_version") == "1.1":
+                reader.direct = _ChunkedWriter(transport)
             while (batch := await reader.next_batch()) is not END:
                 await send({"type": "http.response.body", "body": frame(batch), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -216,6 +223,25 @@ class AsgiApp:
                 self.live.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+class _ChunkedWriter:
+    """Writes SSE frames straight to the connection, as chunks of the response uvicorn started.
+
+    Only under ``trackbridge serve``'s protocol, which hands the transport over in the scope
+    (:data:`TRANSPORT_EXTENSION`); the fan-out's pass then writes each reader's batch itself. A
+    client whose unsent bytes pile up is not written to (its reader catches up from the log instead).
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+
+    def writable(self) -> bool:
+        return not self.transport.is_closing() and self.transport.get_write_buffer_size() < MAX_UNSENT_BYTES
+
+    def write(self, events: list[dict[str, Any]]) -> None:
+        body = frame(events)
+        self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
 
 
 def _app_path(scope: Scope) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import uvicorn
 
 from .api import LiveApi
-from .asgi import AsgiApp
+from .asgi import TRANSPORT_EXTENSION, AsgiApp
 from .logs import install_token_redaction
 
 DEFAULT_HOST = "127.0.0.1"
@@ -76,6 +76,10 @@ if HttpToolsProtocol is not None:
         def on_headers_complete(self) -> None:
             self._disarm()
             super().on_headers_complete()
+            # The app's task is created, not run yet: it finds the transport in its scope, and
+            # writes live events to it in one pass over a run's readers (see web/asgi.py).
+            if self.scope.get("type") == "http":
+                self.scope.setdefault("extensions", {})[TRANSPORT_EXTENSION] = self.transport
 
         def _count(self, size: int) -> None:
             self._head_bytes += size
