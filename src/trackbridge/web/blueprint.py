@@ -114,9 +114,16 @@ def create_page_blueprint(
     live: LiveApi | None = None, *, api_path: str = "/api", token: str | None = None, name: str = "trackbridge_dashboard"
 ) -> Blueprint:
     """The dashboard page (the ``page`` rows of the route table) as a Blueprint; register it at its prefix."""
+    standalone = live is None
     if live is None:
         live = LiveApi(WebSettings.resolve(token=token), api_path=api_path)
     bp = Blueprint(name, __name__)
+
+    @bp.record_once
+    def _prefix(state: Any) -> None:
+        if standalone:  # registered by hand: the page's own links start where it was mounted
+            live.page.page_prefix = "/" + (state.url_prefix or "/").strip("/")
+
     for route in live.routes.routes:
         if route.group == "page":
             bp.add_url_rule(route.flask_rule(), route.name, _view(live, route), methods=list(route.methods))
