@@ -167,8 +167,10 @@ def _view(live: LiveApi, route: Route) -> Callable[..., Response]:
             return to_flask(live.preflight(api_request))
         try:
             live.admit(api_request, route)
-            if route.reads_body:
-                api_request.body = request.get_data(cache=False)
+            if route.reads_body:  # at most the cap, Content-Length or not (a chunked body has none)
+                api_request.body = request.stream.read(live.settings.max_body_bytes + 1)
+                if len(api_request.body) > live.settings.max_body_bytes:
+                    raise ApiError(413, f"request body over {live.settings.max_body_bytes} bytes")
             if route.kind is Kind.STREAM:
                 return _stream(live, api_request)
             reply = live.handle(route, api_request)
