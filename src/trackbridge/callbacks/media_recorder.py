@@ -130,9 +130,11 @@ class MediaRecorder(pl.Callback):
         if not self.media.flush(self.flush_timeout_s):
             log.warning("trackbridge: media still drawing after %.0f s; not waiting longer", self.flush_timeout_s)
         record = self.media.record
+        writer = self.media.writer
         log.info(
-            "trackbridge: media: %d images written (%.1f MB), %.3f s on the training thread, %d failures",
-            self.media.writer.written, record.bytes_used / 2**20, self.training_thread_s, self.media.failures.count,
+            "trackbridge: media: %d images written (%.1f MB); %.3f s on the training thread, %.2f s on the "
+            "media thread; %d failures",
+            writer.written, record.bytes_used / 2**20, self.training_thread_s, writer.busy_s, self.media.failures.count,
         )
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

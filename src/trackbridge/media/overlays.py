@@ -20,6 +20,7 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
 )
+COLOUR_NAMES = ("blue", "orange", "green", "red", "purple", "brown", "pink", "grey", "olive", "cyan")
 # Small images are enlarged so that a panel is at least this many pixels on its longer side.
 PANEL_SIDE = 160
 
@@ -27,6 +28,11 @@ PANEL_SIDE = 160
 def colour(label: int) -> tuple[int, int, int]:
     """The colour of class ``label``."""
     return PALETTE[int(label) % len(PALETTE)]
+
+
+def colour_legend(names: Sequence[str], labels: Sequence[int]) -> str:
+    """``"colours: disc orange, square green"`` for the given class ids."""
+    return "colours: " + ", ".join(f"{_name(names, k)} {COLOUR_NAMES[int(k) % len(COLOUR_NAMES)]}" for k in labels)
 
 
 def enlarge(image: Image, side: int = PANEL_SIDE) -> tuple[Image, float]:

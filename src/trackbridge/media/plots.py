@@ -20,33 +20,50 @@ MAX_SCATTER_POINTS = 20_000
 MAX_ANNOTATED_CLASSES = 30
 
 
-def new_figure(width: float = 6.0, height: float = 4.5, dpi: int = 100) -> Figure:
-    """A Figure on its own Agg canvas: no pyplot, no global state, safe off the main thread."""
+def new_figure(
+    width: float = 6.0,
+    height: float = 4.5,
+    *,
+    left: float = 0.11,
+    right: float = 0.97,
+    bottom: float = 0.12,
+    top: float = 0.91,
+    dpi: int = 100,
+) -> Figure:
+    """A Figure on its own Agg canvas: no pyplot, no global state, safe off the main thread.
+
+    Margins are fixed fractions of the figure: a layout engine would measure every text
+    twice, and the drawing time is what the training thread shares through the GIL.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
+    figure = Figure(figsize=(width, height), dpi=dpi)
+    figure.subplots_adjust(left=left, right=right, bottom=bottom, top=top)
     FigureCanvasAgg(figure)
     return figure
 
 
 def confusion_matrix_figure(matrix: np.ndarray, labels: Sequence[str], title: str) -> Figure:
-    """Counts (rows = true class) annotated; colour = share of the true class (row-normalised)."""
+    """Counts (rows = true class) annotated; colour = share of the true class (row-normalised).
+
+    No colour bar: the counts carry the numbers, and a second axes doubles the drawing time.
+    """
     n = len(labels)
     side = min(12.0, max(4.5, 0.42 * n + 2.5))
-    figure = new_figure(side + 1.0, side)
+    figure = new_figure(side, side, left=0.14, right=0.97, bottom=0.13, top=0.93)
     ax = figure.add_subplot()
     rows = matrix.sum(axis=1, keepdims=True)
     share = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
-    shown = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
-    figure.colorbar(shown, ax=ax, shrink=0.8, label="share of the true class")
+    ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
     if n <= MAX_ANNOTATED_CLASSES:
         for (i, j), count in np.ndenumerate(matrix):
             if count:
                 colour = "white" if share[i, j] > 0.5 else "black"
                 ax.text(j, i, f"{int(count)}", ha="center", va="center", color=colour, fontsize=8)
     ticks = np.arange(n)
-    ax.set_xticks(ticks, labels, rotation=45 if n > 5 else 0, ha="right" if n > 5 else "center")
+    slanted = n > 5 and max(len(label) for label in labels) > 2  # long names would overlap
+    ax.set_xticks(ticks, labels, rotation=45 if slanted else 0, ha="right" if slanted else "center")
     ax.set_yticks(ticks, labels)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -56,7 +73,7 @@ def confusion_matrix_figure(matrix: np.ndarray, labels: Sequence[str], title: st
 
 def roc_figure(fpr: np.ndarray, tpr: np.ndarray, title: str) -> Figure:
     """The ROC curve over the chance diagonal."""
-    figure = new_figure(5.0, 5.0)
+    figure = new_figure(5.0, 5.0, left=0.13, bottom=0.11, top=0.92)
     ax = figure.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
     ax.plot(fpr, tpr, color="C0", linewidth=2, label="model")
@@ -71,7 +88,7 @@ def histogram_figure(
     edges: np.ndarray, counts: Sequence[np.ndarray], labels: Sequence[str], xlabel: str, title: str
 ) -> Figure:
     """Overlaid histograms sharing ``edges`` (one per label)."""
-    figure = new_figure(6.0, 4.0)
+    figure = new_figure(6.0, 4.0, left=0.1, bottom=0.13)
     ax = figure.add_subplot()
     for k, (count, label) in enumerate(zip(counts, labels)):
         ax.stairs(count, edges, fill=True, alpha=0.45, color=f"C{k}", label=f"{label} ({int(np.sum(count))})")
@@ -86,7 +103,7 @@ def pr_curve_figure(
     recall: np.ndarray, precision: np.ndarray, labels: Sequence[str], ap: Sequence[float], title: str
 ) -> Figure:
     """One precision-recall curve per class (``precision``: (classes, points)) and their mean."""
-    figure = new_figure(6.0, 5.0)
+    figure = new_figure(6.0, 5.0, left=0.1, bottom=0.1, top=0.93)
     ax = figure.add_subplot()
     for k, (curve, label, score) in enumerate(zip(precision, labels, ap)):
         ax.plot(recall, curve, color=f"C{k % 10}", linewidth=1.2, label=f"{label}  AP {score:.3f}")
@@ -104,7 +121,7 @@ def per_class_bar_figure(
 ) -> Figure:
     """One bar per class in [0, 1]; a class with no value (``None``) is marked n/a."""
     n = len(labels)
-    figure = new_figure(min(14.0, max(5.0, 0.5 * n + 2.0)), 4.0)
+    figure = new_figure(min(14.0, max(5.0, 0.5 * n + 2.0)), 4.0, bottom=0.2 if n > 6 else 0.1)
     ax = figure.add_subplot()
     x = np.arange(n)
     heights = [v if v is not None else 0.0 for v in values]
@@ -121,8 +138,8 @@ def pred_vs_true_figure(
     pred: np.ndarray, true: np.ndarray, edges: np.ndarray, counts: np.ndarray, title: str
 ) -> Figure:
     """Left: prediction against truth with the identity line. Right: the residual distribution."""
-    figure = new_figure(10.0, 4.5)
-    scatter_ax, hist_ax = figure.subplots(1, 2, width_ratios=(1.2, 1.0))
+    figure = new_figure(10.0, 4.5, left=0.07, right=0.98, bottom=0.12)
+    scatter_ax, hist_ax = figure.subplots(1, 2, width_ratios=(1.2, 1.0), gridspec_kw={"wspace": 0.22})
     shown = np.arange(len(pred))
     if len(shown) > MAX_SCATTER_POINTS:  # an even subsample: the file keeps every point
         shown = np.linspace(0, len(pred) - 1, MAX_SCATTER_POINTS).astype(int)

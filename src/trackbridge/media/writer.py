@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -93,6 +94,7 @@ class MediaWriter:
         self.failures = failures or OnceLog()
         self.max_pending = max_pending
         self.written = 0
+        self.busy_s = 0.0  # time the media thread spent on jobs: drawing, encoding, writing
         self._dropped_warned = False
         self._init_runtime()
 
@@ -166,10 +168,12 @@ class MediaWriter:
             if isinstance(item, threading.Event):
                 item.set()
                 continue
+            start = time.perf_counter()
             try:
                 self._do(item)
             except Exception as exc:  # the last guard: this thread outlives any job
                 self.failures.report(item.key, "media", exc)
+            self.busy_s += time.perf_counter() - start
 
     def _do(self, job: MediaJob) -> None:
         if self.record.full:

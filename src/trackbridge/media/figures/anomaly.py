@@ -3,38 +3,25 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 import numpy as np
 import torch
 
-from ..accumulators import Rows
 from ..images import encode_figure
 from ..writer import Rendered
-from .base import FigureContext, Renderer, TaskFigures, thin
+from .base import FigureContext, PerSampleFigures, Renderer, thin
 
 HISTOGRAM_BINS = 30
 
 
-class AnomalyFigures(TaskFigures):
+class AnomalyFigures(PerSampleFigures):
     """``roc_curve`` (torchmetrics' binary ROC; its area is ``val_auroc``) and ``score_histogram``."""
 
     keys = ("roc_curve", "score_histogram")
     expects = "{'preds': (N,) anomaly scores, 'target': (N,) labels, 1 = anomaly}"
 
-    def __init__(self, context: FigureContext) -> None:
-        super().__init__(context)
-        self.rows = Rows(columns=2)
-
-    def update(self, outputs: Any) -> None:
-        preds, target = self.take(outputs, "preds", "target")
-        self.rows.update(preds, target)
-
-    def finish(self) -> dict[str, Renderer]:
-        scores, target = self.rows.columns()
-        if not len(scores):
-            return {}
-        scores, target = scores.float(), target.long()
+    def renderers(self, preds: torch.Tensor, target: torch.Tensor) -> dict[str, Renderer]:
+        scores, target = preds.float(), target.long()
         return {
             "roc_curve": partial(render_roc_curve, scores, target, self.rows.truncated, self.context),
             "score_histogram": partial(render_score_histogram, scores, target, self.context),

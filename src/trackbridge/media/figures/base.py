@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..accumulators import Rows
 from ..writer import Rendered
 
 Renderer = Callable[[], Rendered]
@@ -93,6 +94,28 @@ class TaskFigures:
             "there are: return scores (N, C, ...), or give the module a `num_classes` "
             "hyperparameter or a `class_names` attribute"
         )
+
+
+class PerSampleFigures(TaskFigures):
+    """Figures over a (prediction, target) pair per validation sample, every sample kept."""
+
+    expects = "{'preds': (N,) values, 'target': (N,) values}"
+
+    def __init__(self, context: FigureContext) -> None:
+        super().__init__(context)
+        self.rows = Rows(columns=2)
+
+    def update(self, outputs: Any) -> None:
+        preds, target = self.take(outputs, "preds", "target")
+        self.rows.update(preds, target)
+
+    def finish(self) -> dict[str, Renderer]:
+        preds, target = self.rows.columns()
+        return self.renderers(preds, target) if len(preds) else {}
+
+    def renderers(self, preds: torch.Tensor, target: torch.Tensor) -> dict[str, Renderer]:
+        """The drawing functions for the epoch's samples (CPU tensors)."""
+        raise NotImplementedError
 
 
 def thin(*columns: torch.Tensor, limit: int = MAX_CURVE_POINTS) -> tuple[list[list[float]], bool]:

@@ -4,7 +4,7 @@ of validation images with their ground-truth and predicted boxes."""
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,7 +12,10 @@ from ..accumulators import DetectionList, SampleImages
 from ..images import encode_figure
 from ..writer import Rendered
 from .base import FigureContext, Renderer, TaskFigures
-from .predictions import as_lists, base_image, panel_objects, render_grid
+from .predictions import render_object_grid
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 IOU_THRESHOLD = 0.5
 
@@ -88,22 +91,16 @@ def render_pr_curve(images: list, truncated: bool, rotated: bool, context: Figur
 
 def render_detections(samples: list, rotated: bool, context: FigureContext) -> Rendered:
     from ...metrics import rbox_corners
-    from ..overlays import caption_panel, draw_boxes, draw_polygons, enlarge, row
+    from ..overlays import draw_boxes, draw_polygons, enlarge
 
-    cells, drawn = [], []
-    for image, pred, truth in samples:
-        panels, record = [], {}
-        for title, name, item in (("ground truth", "target", truth), ("prediction", "preds", pred)):
-            objects = panel_objects(item, predicted=item is pred)
-            panel, scale = enlarge(base_image(image))
-            boxes = objects["boxes"].astype(np.float64)
-            if rotated:
-                draw_polygons(panel, rbox_corners(boxes).reshape(-1, 4, 2), objects["labels"], context.class_names,
-                              scale=scale, scores=objects.get("scores"))
-            else:
-                draw_boxes(panel, boxes, objects["labels"], context.class_names, scale=scale, scores=objects.get("scores"))
-            panels.append(caption_panel(panel, title))
-            record[name] = as_lists(objects)
-        cells.append(row(panels))
-        drawn.append(record)
-    return render_grid(cells, ("ground truth", "prediction"), context, {"samples": drawn}, scored=True)
+    def draw(image: Image, objects: dict[str, np.ndarray]) -> Image:
+        panel, scale = enlarge(image)
+        boxes = objects["boxes"].astype(np.float64)
+        if rotated:
+            draw_polygons(panel, rbox_corners(boxes).reshape(-1, 4, 2), objects["labels"], context.class_names,
+                          scale=scale, scores=objects.get("scores"))
+        else:
+            draw_boxes(panel, boxes, objects["labels"], context.class_names, scale=scale, scores=objects.get("scores"))
+        return panel
+
+    return render_object_grid(samples, draw, context)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ..accumulators import SampleImages
 from ..writer import Rendered
 from .base import FigureContext, Renderer, TaskFigures
-from .predictions import as_lists, base_image, panel_objects, render_grid
+from .predictions import render_object_grid
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 
 class InstanceSegmentationFigures(TaskFigures):
@@ -36,21 +41,15 @@ class InstanceSegmentationFigures(TaskFigures):
 
 
 def render_instances(samples: list, context: FigureContext) -> Rendered:
-    from ..overlays import blend_instances, caption_panel, draw_boxes, enlarge, mask_boxes, row
+    from ..overlays import blend_instances, draw_boxes, enlarge, mask_boxes
 
-    cells, drawn = [], []
-    for image, pred, truth in samples:
-        panels, record = [], {}
-        for title, name, item in (("ground truth", "target", truth), ("prediction", "preds", pred)):
-            objects = panel_objects(item, predicted=item is pred)
-            masks = objects["masks"].astype(bool)
-            if "boxes" not in objects:  # torchmetrics' segm format has masks only
-                objects["boxes"] = mask_boxes(masks)
-            panel, scale = enlarge(blend_instances(base_image(image), masks, objects["labels"]))
-            draw_boxes(panel, objects["boxes"], objects["labels"], context.class_names, scale=scale,
-                       scores=objects.get("scores"))
-            panels.append(caption_panel(panel, title))
-            record[name] = as_lists(objects)
-        cells.append(row(panels))
-        drawn.append(record)
-    return render_grid(cells, ("ground truth", "prediction"), context, {"samples": drawn}, scored=True)
+    def draw(image: Image, objects: dict[str, np.ndarray]) -> Image:
+        masks = objects["masks"].astype(bool)
+        if "boxes" not in objects:  # torchmetrics' segm format has masks only
+            objects["boxes"] = mask_boxes(masks)
+        panel, scale = enlarge(blend_instances(image, masks, objects["labels"]))
+        draw_boxes(panel, objects["boxes"], objects["labels"], context.class_names, scale=scale,
+                   scores=objects.get("scores"))
+        return panel
+
+    return render_object_grid(samples, draw, context)

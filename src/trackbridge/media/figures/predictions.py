@@ -3,7 +3,7 @@ shown as a few panels side by side (the image, its ground truth, the model's pre
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,12 +50,39 @@ def render_grid(
     data: Mapping[str, Any] | None,
     *,
     scored: bool,
+    labels: Sequence[int],
 ) -> Rendered:
-    """Encode the grid of sample cells with a caption naming the panels."""
-    from ..overlays import grid
+    """Encode the grid of sample cells, captioned with its panels and the classes' colours."""
+    from ..overlays import colour_legend, grid
 
     text = f"{len(cells)} validation samples; each: {' | '.join(panels)}"
     if scored:
         text += f" (predictions scoring >= {SCORE_THRESHOLD})"
+    if labels:
+        text += f"; {colour_legend(context.class_names, sorted(set(labels)))}"
     caption = context.caption(text)
     return Rendered(encode_png(grid(cells), context.max_side), caption, data)
+
+
+# Draws one panel: the sample's image and the objects it shows -> the panel.
+PanelDrawer = Callable[["Image", dict[str, np.ndarray]], "Image"]
+
+
+def render_object_grid(samples: Sequence[tuple[Any, ...]], draw: PanelDrawer, context: FigureContext) -> Rendered:
+    """The grid of (image, prediction dict, target dict) samples as ground truth | prediction panels.
+
+    The data file lists, per sample, the boxes, labels and scores each panel draws.
+    """
+    from ..overlays import caption_panel, row
+
+    cells, drawn = [], []
+    for image, pred, truth in samples:
+        panels, record = [], {}
+        for title, name, item in (("ground truth", "target", truth), ("prediction", "preds", pred)):
+            objects = panel_objects(item, predicted=item is pred)
+            panels.append(caption_panel(draw(base_image(image), objects), title))
+            record[name] = as_lists(objects)
+        cells.append(row(panels))
+        drawn.append(record)
+    labels = [k for sample in drawn for side in sample.values() for k in side["labels"]]
+    return render_grid(cells, ("ground truth", "prediction"), context, {"samples": drawn}, scored=True, labels=labels)

@@ -3,38 +3,25 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 import numpy as np
 import torch
 
-from ..accumulators import Rows
 from ..images import encode_figure
 from ..writer import Rendered
-from .base import FigureContext, Renderer, TaskFigures
+from .base import FigureContext, PerSampleFigures, Renderer
 
 HISTOGRAM_BINS = 30
 
 
-class RegressionFigures(TaskFigures):
+class RegressionFigures(PerSampleFigures):
     """``pred_vs_true``; the mean absolute error of its points is ``val_mae``."""
 
     keys = ("pred_vs_true",)
     expects = "{'preds': (N,) predictions, 'target': (N,) true values}"
 
-    def __init__(self, context: FigureContext) -> None:
-        super().__init__(context)
-        self.rows = Rows(columns=2)
-
-    def update(self, outputs: Any) -> None:
-        preds, target = self.take(outputs, "preds", "target")
-        self.rows.update(preds, target)
-
-    def finish(self) -> dict[str, Renderer]:
-        pred, true = self.rows.columns()
-        if not len(pred):
-            return {}
-        return {"pred_vs_true": partial(render_pred_vs_true, pred, true, self.rows.truncated, self.context)}
+    def renderers(self, preds: torch.Tensor, target: torch.Tensor) -> dict[str, Renderer]:
+        return {"pred_vs_true": partial(render_pred_vs_true, preds, target, self.rows.truncated, self.context)}
 
 
 def render_pred_vs_true(pred: torch.Tensor, true: torch.Tensor, truncated: bool, context: FigureContext) -> Rendered:

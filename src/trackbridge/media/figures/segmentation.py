@@ -6,7 +6,6 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..accumulators import ConfusionCounts, SampleImages
 from ..images import encode_figure
@@ -90,4 +89,6 @@ def render_masks(samples: list, context: FigureContext) -> Rendered:
             )
         ]
         cells.append(row(panels))
-    return render_grid(cells, ("image", "ground truth", "prediction"), context, None, scored=False)
+    shown = {int(k) for _, pred, truth in samples for k in (*pred.unique().tolist(), *truth.unique().tolist())}
+    labels = sorted(shown - {background})
+    return render_grid(cells, ("image", "ground truth", "prediction"), context, None, scored=False, labels=labels)
