@@ -15,12 +15,14 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
-from ..media.figures import TASK_FIGURES, FigureContext, OutputsError, TaskFigures, figures_for
+from ..media.figures import TASK_FIGURES, FigureContext, OutputsError, Renderer, TaskFigures, figures_for
 from ..media.run_media import DEFAULT_MAX_SIDE, RunMedia
 from ..media.writer import EntryHook, MediaJob
 from ..record.media import DEFAULT_MAX_BYTES, MediaKind
@@ -121,7 +123,8 @@ class MediaRecorder(pl.Callback):
                 return
             epoch = trainer.current_epoch + 1
             for key, render in renders.items():
-                self.media.submit(MediaJob(key, epoch, epoch, MediaKind.FIGURE, render))
+                job = MediaJob(key, epoch, epoch, MediaKind.FIGURE, partial(_in_inference_mode, render))
+                self.media.submit(job)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Before the stack's terminal event: every media event of the run comes first.
@@ -186,3 +189,10 @@ class MediaRecorder(pl.Callback):
             yield
         finally:
             self.training_thread_s += time.perf_counter() - start
+
+
+def _in_inference_mode(render: Renderer) -> Any:
+    # The epoch's tensors were made inside Lightning's evaluation loop, so they are inference
+    # tensors; the mode is per thread, and the media thread enters it to work on them.
+    with torch.inference_mode():
+        return render()

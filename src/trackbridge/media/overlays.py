@@ -1,7 +1,7 @@
 """Prediction overlays drawn with Pillow: boxes, rotated boxes, masks, and the grid they sit in.
 
-Coordinates are in the pixels of the original image; :func:`enlarge` scales a small image
-up (nearest neighbour, so pixels stay sharp) and drawings are scaled with it.
+Coordinates are in the pixels of the original image; :func:`to_panel` brings an image to
+panel size and drawings are scaled with it.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
 )
 COLOUR_NAMES = ("blue", "orange", "green", "red", "purple", "brown", "pink", "grey", "olive", "cyan")
-# Small images are enlarged so that a panel is at least this many pixels on its longer side.
+# A panel's longer side: small images are enlarged towards PANEL_SIDE (by a whole factor, so
+# pixels stay sharp), large ones reduced to MAX_PANEL_SIDE, so that labels stay legible.
 PANEL_SIDE = 160
+MAX_PANEL_SIDE = 320
 
 
 def colour(label: int) -> tuple[int, int, int]:
@@ -35,15 +37,20 @@ def colour_legend(names: Sequence[str], labels: Sequence[int]) -> str:
     return "colours: " + ", ".join(f"{_name(names, k)} {COLOUR_NAMES[int(k) % len(COLOUR_NAMES)]}" for k in labels)
 
 
-def enlarge(image: Image, side: int = PANEL_SIDE) -> tuple[Image, float]:
-    """``image`` scaled up by a whole factor towards ``side`` pixels (never down), and the factor."""
+def to_panel(image: Image) -> tuple[Image, float]:
+    """``image`` (RGB) at panel size, and the factor its coordinates were scaled by."""
     from PIL import Image as PILImage
 
-    factor = max(1, side // max(image.size))
+    image = image.convert("RGB")
+    longer = max(image.size)
+    if longer > MAX_PANEL_SIDE:
+        scale = MAX_PANEL_SIDE / longer
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        return image.resize(size, PILImage.Resampling.BILINEAR), scale
+    factor = max(1, PANEL_SIDE // longer)
     if factor == 1:
-        return image.convert("RGB"), 1.0
-    size = (image.width * factor, image.height * factor)
-    return image.convert("RGB").resize(size, PILImage.Resampling.NEAREST), float(factor)
+        return image, 1.0
+    return image.resize((image.width * factor, image.height * factor), PILImage.Resampling.NEAREST), float(factor)
 
 
 def draw_boxes(

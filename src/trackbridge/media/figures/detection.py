@@ -91,10 +91,10 @@ def render_pr_curve(images: list, truncated: bool, rotated: bool, context: Figur
 
 def render_detections(samples: list, rotated: bool, context: FigureContext) -> Rendered:
     from ...metrics import rbox_corners
-    from ..overlays import draw_boxes, draw_polygons, enlarge
+    from ..overlays import draw_boxes, draw_polygons, to_panel
 
     def draw(image: Image, objects: dict[str, np.ndarray]) -> Image:
-        panel, scale = enlarge(image)
+        panel, scale = to_panel(image)
         boxes = objects["boxes"].astype(np.float64)
         if rotated:
             draw_polygons(panel, rbox_corners(boxes).reshape(-1, 4, 2), objects["labels"], context.class_names,

@@ -41,13 +41,13 @@ class InstanceSegmentationFigures(TaskFigures):
 
 
 def render_instances(samples: list, context: FigureContext) -> Rendered:
-    from ..overlays import blend_instances, draw_boxes, enlarge, mask_boxes
+    from ..overlays import blend_instances, draw_boxes, to_panel, mask_boxes
 
     def draw(image: Image, objects: dict[str, np.ndarray]) -> Image:
         masks = objects["masks"].astype(bool)
         if "boxes" not in objects:  # torchmetrics' segm format has masks only
             objects["boxes"] = mask_boxes(masks)
-        panel, scale = enlarge(blend_instances(image, masks, objects["labels"]))
+        panel, scale = to_panel(blend_instances(image, masks, objects["labels"]))
         draw_boxes(panel, objects["boxes"], objects["labels"], context.class_names, scale=scale,
                    scores=objects.get("scores"))
         return panel

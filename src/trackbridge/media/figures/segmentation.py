@@ -74,14 +74,14 @@ def background_class(context: FigureContext) -> int:
 
 
 def render_masks(samples: list, context: FigureContext) -> Rendered:
-    from ..overlays import blend_classes, caption_panel, enlarge, row
+    from ..overlays import blend_classes, caption_panel, to_panel, row
 
     background = background_class(context)
     cells = []
     for image, pred, truth in samples:
         base = base_image(image)
         panels = [
-            caption_panel(enlarge(picture)[0], title)
+            caption_panel(to_panel(picture)[0], title)
             for title, picture in (
                 ("image", base),
                 ("ground truth", blend_classes(base, truth.numpy(), background)),
