@@ -242,11 +242,12 @@ def test_log_image_refuses_what_is_not_a_list_of_images(tmp_path: Path) -> None:
 FAILING_FIGURE_SCRIPT = textwrap.dedent(
     """
     import sys
+    import lightning.pytorch as pl
     import numpy as np
     from matplotlib.artist import Artist
     from matplotlib.figure import Figure
     from trackbridge import TrackingConfig, build_callbacks
-    from tiny import TinyRegressor, tiny_loaders, tiny_trainer
+    from tiny import TinyRegressor, tiny_loaders
 
     class Exploding(Artist):
         def draw(self, renderer):
@@ -258,12 +259,14 @@ FAILING_FIGURE_SCRIPT = textwrap.dedent(
                 return
             bad = Figure()
             bad.add_artist(Exploding())
-            stack.media.log_figure("broken", bad)
-            stack.media.log_image("after", [np.full((8, 8), self.current_epoch * 80, np.uint8)])
+            self.logger.log_figure("broken", bad)
+            self.logger.log_image("after", [np.full((8, 8), self.current_epoch * 80, np.uint8)])
 
     stack = build_callbacks(TrackingConfig(task="regression", runs_root=sys.argv[1], run_id="bad", mlflow=False))
     train, val = tiny_loaders()
-    tiny_trainer(stack, max_epochs=3).fit(Module(), train, val)
+    trainer = pl.Trainer(max_epochs=3, callbacks=stack, logger=stack.logger, accelerator="cpu",
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Module(), train, val)
     """
 )
 
@@ -278,10 +281,11 @@ def test_log_figure_that_raises_on_save_leaves_training_outcome_unchanged(tmp_pa
     run_dir = tmp_path / "runs" / "bad"
     run = strict_json((run_dir / "run.json").read_text())
     assert run["status"] == "completed" and run["epochs_done"] == 3 and run["error"] is None
-    # logged once although it failed every epoch; the media after it are all there
+    # said once although it failed every epoch, counted every time; the media after it are all there
     log_text = (run_dir / "logs" / "training.log").read_text()
-    assert log_text.count("log_figure 'broken' failed") == 1
-    assert "this artist cannot be drawn" in log_text
+    assert log_text.count("log_figure.broken (RuntimeError: this artist cannot be drawn)") == 1
+    assert log_text.count("RuntimeError") == 1 and "log_figure.broken" in done.stderr
+    assert run["tracking_errors"] == 3
     assert [(e["key"], e["step"]) for e in media_lines(run_dir)] == [("after", 1), ("after", 2), ("after", 3)]
 
 
@@ -316,10 +320,10 @@ def test_media_log_entries_files_and_resume(tmp_path: Path) -> None:
     assert first["path"] == "media/val_.._.._escape/000001.png" and again["path"] == "media/val_.._.._escape/000001-1.png"
     assert strict_json((tmp_path / first["data"]).read_text()) == {"x": [1.0, None]}
     assert [e["key"] for e in media_lines(tmp_path)] == ["val/../../escape", "val/../../escape", "other"]
-    # a resumed run from epoch 1 drops epoch 2's line and file
-    assert MediaLog(tmp_path).truncate_after(1) == 1
-    assert [e["epoch"] for e in media_lines(tmp_path)] == [1, 1]
-    assert not (tmp_path / later["path"]).exists()
+    # a reopened log (a resumed run) knows what it holds: it only ever appends
+    assert MediaLog(tmp_path).last_epoch() == 2 and MediaLog(tmp_path).last_epoch({"val/../../escape"}) == 1
+    assert MediaLog(tmp_path).bytes_used == sum(p.stat().st_size for p in (tmp_path / "media").rglob("*") if p.is_file())
+    assert (tmp_path / later["path"]).is_file()
     # a torn last line (a crash mid-append) is cut before the next append
     with open(tmp_path / "media.jsonl", "a") as fh:
         fh.write('{"key": "torn"')
@@ -354,3 +358,24 @@ def test_media_figures_are_off_with_every_n_epochs_zero(tmp_path: Path) -> None:
     tiny_trainer([recorder], max_epochs=1, default_root_dir=tmp_path).fit(TinyRegressor(), train, val)
     assert not (tmp_path / "media.jsonl").exists()
     assert math.isclose(recorder.training_thread_s, 0.0, abs_tol=0.05)
+
+
+def test_media_of_a_resumed_run_are_kept_and_continued(tmp_path: Path) -> None:
+    def fit(epochs: int, ckpt_path: Path | None = None) -> pl.Trainer:
+        model, data = build_reference("regression", seed=0, steps_per_epoch=2)
+        trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=tmp_path,
+                             callbacks=[MediaRecorder(tmp_path / "run", "regression")])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(model, data, ckpt_path=ckpt_path)
+        return trainer
+
+    first = fit(2)
+    checkpoint = tmp_path / "epoch2.ckpt"
+    first.save_checkpoint(checkpoint)
+    before = media_lines(tmp_path / "run")
+    fit(3, checkpoint)
+    after = media_lines(tmp_path / "run")
+    assert after[: len(before)] == before  # history is never rewritten
+    assert [e["step"] for e in after] == [1, 2, 3]

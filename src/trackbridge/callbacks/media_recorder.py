@@ -5,7 +5,9 @@ sanity check) the task's figures are drawn from what ``validation_step`` returne
 torchmetrics' input formats (README: "Figures and images"). The training thread keeps
 only small detached state per batch; drawing, encoding and writing happen on the run's one
 media thread (:class:`trackbridge.media.RunMedia`), which also serves ``log_image`` and
-``log_figure``. Only global rank zero records.
+``log_figure`` (the stack's logger delegates to it through the session). Only global rank
+zero records. A resumed run keeps its media and draws only epochs after the last one that
+has media (history is never rewritten, as for metrics.json).
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
+from ..console import announce
 from ..media.figures import TASK_FIGURES, FigureContext, OutputsError, Renderer, TaskFigures, figures_for
 from ..media.run_media import DEFAULT_MAX_SIDE, RunMedia
 from ..media.writer import EntryHook, MediaJob
 from ..record.media import DEFAULT_MAX_BYTES, MediaKind
+from .guard import tracking_hook
+from .session import RunSession
 
 log = logging.getLogger("trackbridge")
 
@@ -38,7 +43,8 @@ class MediaRecorder(pl.Callback):
     ``event_hook`` and ``mirror_hook`` are called (on the media thread) with each
     media.jsonl entry once it is written. ``class_names`` default to the module's
     ``class_names`` attribute. :attr:`media` is the run's :class:`RunMedia`, whose
-    ``log_image``/``log_figure`` a logger delegates to.
+    ``log_image``/``log_figure`` a logger delegates to; with a ``session`` (the stack's)
+    it is ``session.media``, and failures count in ``session.errors``.
     """
 
     def __init__(
@@ -54,6 +60,7 @@ class MediaRecorder(pl.Callback):
         mirror_hook: EntryHook | None = None,
         class_names: Sequence[str] | None = None,
         flush_timeout_s: float = 60.0,
+        session: RunSession | None = None,
     ) -> None:
         if task not in TASK_FIGURES:
             raise ValueError(f"`task` can be {', '.join(TASK_FIGURES)}, got {task!r}")
@@ -66,31 +73,44 @@ class MediaRecorder(pl.Callback):
         self.samples = samples
         self.class_names = tuple(class_names) if class_names is not None else None
         self.flush_timeout_s = flush_timeout_s
+        self.session = session
         self.media = RunMedia(
-            run_dir, max_side=max_side, max_bytes=max_bytes, event_hook=event_hook, mirror_hook=mirror_hook
+            run_dir,
+            max_side=max_side,
+            max_bytes=max_bytes,
+            event_hook=event_hook,
+            mirror_hook=mirror_hook,
+            failures=session.errors if session is not None else None,
         )
+        if session is not None:
+            session.media = self.media
         self.training_thread_s = 0.0  # time this callback spent on the training thread
+        self._drawn_epochs = 0  # epochs that already have media (a resumed run)
         self._context: FigureContext | None = None
         self._figures: TaskFigures | None = None
         self._no_outputs = False  # validation_step returns nothing the figures can use
 
     # -- Lightning hooks (training thread) ---------------------------------
+    @tracking_hook
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._context = self._make_context(trainer, pl_module)
 
+    @tracking_hook
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            # A resumed run draws the epochs after its checkpoint again.
-            self.media.record.truncate_after(trainer.current_epoch)
+            self._drawn_epochs = self.media.record.last_epoch(TASK_FIGURES[self.task].keys)
 
+    @tracking_hook
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.media.epoch = trainer.current_epoch + 1
 
+    @tracking_hook
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         with self._timed():
             self._figures = figures_for(self._context) if self._records(trainer) else None
 
+    @tracking_hook
     def on_validation_batch_end(
         self,
         trainer: pl.Trainer,
@@ -108,9 +128,10 @@ class MediaRecorder(pl.Callback):
             except OutputsError as exc:
                 self._stop_figures(exc, outputs)
             except Exception as exc:  # a figure's bookkeeping never fails training
-                self.media.failures.report(f"{self.task} figures", "media", exc)
+                self.media.failures.record("MediaRecorder", f"{self.task} figures", exc)
                 self._figures = None
 
+    @tracking_hook
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._figures is None:
             return
@@ -119,19 +140,20 @@ class MediaRecorder(pl.Callback):
             try:
                 renders = figures.finish()
             except Exception as exc:
-                self.media.failures.report(f"{self.task} figures", "media", exc)
+                self.media.failures.record("MediaRecorder", f"{self.task} figures", exc)
                 return
             epoch = trainer.current_epoch + 1
             for key, render in renders.items():
                 job = MediaJob(key, epoch, epoch, MediaKind.FIGURE, partial(_in_inference_mode, render))
                 self.media.submit(job)
 
+    @tracking_hook
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Before the stack's terminal event: every media event of the run comes first.
         if not trainer.is_global_zero:
             return
         if not self.media.flush(self.flush_timeout_s):
-            log.warning("trackbridge: media still drawing after %.0f s; not waiting longer", self.flush_timeout_s)
+            announce(f"media still drawing after {self.flush_timeout_s:.0f} s; not waiting longer", log)
         record = self.media.record
         writer = self.media.writer
         log.info(
@@ -140,10 +162,12 @@ class MediaRecorder(pl.Callback):
             writer.written, record.bytes_used / 2**20, self.training_thread_s, writer.busy_s, self.media.failures.count,
         )
 
+    @tracking_hook
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._figures = None
         self.media.close(self.flush_timeout_s)
 
+    @tracking_hook
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self.media.close(self.flush_timeout_s)
@@ -158,6 +182,7 @@ class MediaRecorder(pl.Callback):
             and trainer.is_global_zero
             and trainer.state.fn == TrainerFn.FITTING
             and not trainer.sanity_checking
+            and trainer.current_epoch + 1 > self._drawn_epochs
             and (trainer.current_epoch + 1) % self.every_n_epochs == 0
         )
 
@@ -180,7 +205,7 @@ class MediaRecorder(pl.Callback):
         if outputs is None:  # a module that never opted in: say so quietly
             log.info("trackbridge: no %s figures: validation_step returns nothing (README: Figures and images)", self.task)
         else:
-            log.warning("trackbridge: no %s figures for this run: %s", self.task, exc)
+            announce(f"no {self.task} figures for this run: {exc}", log)
 
     @contextmanager
     def _timed(self) -> Iterator[None]:

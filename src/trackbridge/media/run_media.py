@@ -16,7 +16,7 @@ from typing import Any
 
 from ..record.media import DEFAULT_MAX_BYTES, MediaKind, MediaLog, validate_key
 from .images import ACCEPTED, EncodedImage, encode_figure, encode_png, snapshot_image, to_pil
-from .writer import EntryHook, MediaEntry, MediaJob, MediaWriter, OnceLog, Rendered
+from .writer import EntryHook, ErrorSink, MediaEntry, MediaErrors, MediaJob, MediaWriter, Rendered
 
 DEFAULT_MAX_SIDE = 1024
 
@@ -26,7 +26,8 @@ class RunMedia:
 
     ``event_hook`` and ``mirror_hook`` (for the ``media`` event and the MLflow mirror) are
     called with each media.jsonl entry after its line is written, on the media thread; they
-    may be set after construction. A hook that raises is logged once and never stops media.
+    may be set after construction. A hook that raises is reported once and never stops media.
+    ``failures`` counts and reports what goes wrong (default: a :class:`MediaErrors` of its own).
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class RunMedia:
         max_bytes: int = DEFAULT_MAX_BYTES,
         event_hook: EntryHook | None = None,
         mirror_hook: EntryHook | None = None,
+        failures: ErrorSink | None = None,
     ) -> None:
         if max_side < 1:
             raise ValueError(f"`max_side` must be >= 1 pixel, got {max_side}")
@@ -44,7 +46,7 @@ class RunMedia:
         self.event_hook = event_hook
         self.mirror_hook = mirror_hook
         self.epoch = 0  # the epoch in progress (1-based), the default step; 0 before training
-        self.failures = OnceLog()
+        self.failures = failures or MediaErrors()
         self.record = MediaLog(run_path, max_bytes=max_bytes)
         self.writer = MediaWriter(self.record, self._notify, failures=self.failures)
 
@@ -86,7 +88,7 @@ class RunMedia:
         try:
             encoded = encode_figure(figure, self.max_side)
         except Exception as exc:  # the user's figure: its failure is not the training's
-            self.failures.report(key, "log_figure", exc)
+            self.failures.record("log_figure", key, exc)
             return
         self.submit(MediaJob(key, step, self.epoch, MediaKind.FIGURE, partial(Rendered, encoded)))
 
@@ -117,7 +119,7 @@ class RunMedia:
             try:
                 hook(entry)
             except Exception as exc:
-                self.failures.report(name, "media", exc)
+                self.failures.record("media", name, exc)
 
 
 def _captions(caption: str | Sequence[str] | None, count: int) -> list[str | None]:

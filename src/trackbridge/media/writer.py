@@ -2,9 +2,9 @@
 
 The training thread only enqueues jobs (a key, a step, a function that draws); this thread
 runs them in order, writes each result through the :class:`~trackbridge.record.media.MediaLog`
-and hands the media.jsonl entry to ``on_entry``. A job that raises is logged once per key
+and hands the media.jsonl entry to ``on_entry``. A job that raises is reported once per key
 and counted; nothing here ever raises into training. A full queue drops the new job (with
-one warning) rather than blocking the training thread.
+one warning) rather than blocking the training thread; so does a spent byte budget.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
+from ..console import announce
 from ..record.media import MediaKind, MediaLog
 from .images import EncodedImage
 
@@ -47,31 +48,47 @@ class MediaJob:
     render: Callable[[], Rendered | Sequence[Rendered]]
 
 
-class OnceLog:
-    """Logs the first failure of each key (with its traceback) and counts all of them."""
+class MediaErrors:
+    """Counts media failures and reports the first of each kind (where, what, exception type).
+
+    The same ``record(where, what, exc)`` and ``count`` as the stack's
+    :class:`~trackbridge.callbacks.guard.TrackingErrors`, which a recorder passes instead,
+    so media failures count in ``run.json`` with the rest of the tracking errors.
+    """
 
     def __init__(self) -> None:
         self.count = 0
-        self._seen: set[str] = set()
+        self._seen: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
 
-    def report(self, key: str, what: str, exc: BaseException) -> None:
+    def record(self, where: str, what: str, exc: BaseException) -> None:
+        kind = (where, what, type(exc).__name__)
         with self._lock:
             self.count += 1
-            if key in self._seen:
-                return
-            self._seen.add(key)
-        log.warning(
-            "trackbridge: %s %r failed (%s: %s); training goes on, later failures of it are not logged",
-            what, key, type(exc).__name__, exc, exc_info=exc,
-        )
+            first = kind not in self._seen
+            self._seen.add(kind)
+        if first:
+            log.debug("media error in %s.%s", where, what, exc_info=exc)  # the traceback, for training.log
+            announce(
+                f"media error in {where}.{what} ({type(exc).__name__}: {exc}); the training goes on, "
+                "later errors of this kind are counted, not shown",
+                log, level=logging.ERROR,
+            )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"count": self.count, "_seen": set(self._seen)}
+        return {"count": self.count}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self.__init__()  # type: ignore[misc]
+        self.count = state.get("count", 0)
+
+
+class ErrorSink(Protocol):
+    """What reports media failures: :class:`MediaErrors` or the stack's ``TrackingErrors``."""
+
+    count: int
+
+    def record(self, where: str, what: str, exc: BaseException) -> None: ...
 
 
 class MediaWriter:
@@ -86,16 +103,17 @@ class MediaWriter:
         record: MediaLog,
         on_entry: EntryHook | None = None,
         *,
-        failures: OnceLog | None = None,
+        failures: ErrorSink | None = None,
         max_pending: int = 64,
     ) -> None:
         self.record = record
         self.on_entry = on_entry
-        self.failures = failures or OnceLog()
+        self.failures = failures or MediaErrors()
         self.max_pending = max_pending
         self.written = 0
         self.busy_s = 0.0  # time the media thread spent on jobs: drawing, encoding, writing
         self._dropped_warned = False
+        self._full_warned = False
         self._init_runtime()
 
     def _init_runtime(self) -> None:
@@ -123,9 +141,9 @@ class MediaWriter:
         except queue.Full:
             if not self._dropped_warned:
                 self._dropped_warned = True
-                log.warning(
-                    "trackbridge: the media thread is %d jobs behind; dropping %r at step %d "
-                    "(and later jobs while it stays behind)", self.max_pending, job.key, job.step,
+                announce(
+                    f"the media thread is {self.max_pending} jobs behind; dropping {job.key!r} at step "
+                    f"{job.step} (and later media while it stays behind)", log,
                 )
             return False
         return True
@@ -172,7 +190,7 @@ class MediaWriter:
             try:
                 self._do(item)
             except Exception as exc:  # the last guard: this thread outlives any job
-                self.failures.report(item.key, "media", exc)
+                self.failures.record("media", item.key, exc)
             self.busy_s += time.perf_counter() - start
 
     def _do(self, job: MediaJob) -> None:
@@ -181,7 +199,7 @@ class MediaWriter:
         try:
             rendered = job.render()
         except Exception as exc:  # a figure that raises never reaches training
-            self.failures.report(job.key, "drawing media", exc)
+            self.failures.record("media", job.key, exc)
             return
         for item in [rendered] if isinstance(rendered, Rendered) else rendered:
             try:
@@ -198,10 +216,22 @@ class MediaWriter:
                     data=item.data,
                 )
             except (OSError, ValueError) as exc:  # a full disk, a value strict JSON refuses
-                self.failures.report(job.key, "writing media", exc)
+                self.failures.record("media", job.key, exc)
                 continue
             if entry is None:
-                return  # the budget is spent
+                self._budget_spent(job)
+                return
             self.written += 1
             if self.on_entry is not None:
                 self.on_entry(entry)
+
+    def _budget_spent(self, job: MediaJob) -> None:
+        if self._full_warned:
+            return
+        self._full_warned = True
+        record = self.record
+        announce(
+            f"media budget of {record.max_bytes / 2**20:.0f} MB reached ({record.bytes_used / 2**20:.1f} MB "
+            f"written; {job.key!r} at step {job.step} did not fit): no more media is recorded for this run "
+            "(raise media_max_bytes to keep more)", log,
+        )

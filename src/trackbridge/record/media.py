@@ -10,17 +10,14 @@ knows encoded bytes only: what drew them (matplotlib, Pillow, Lightning) is not 
 from __future__ import annotations
 
 import enum
-import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from .clock import utc_now_iso
-from .jsonio import dumps_strict, read_jsonl, write_bytes_atomic, write_jsonl_atomic, write_text_atomic
+from .jsonio import dumps_strict, read_jsonl, write_bytes_atomic, write_text_atomic
 from .jsonl import JsonlAppender
-
-log = logging.getLogger("trackbridge")
 
 MEDIA_DIR = "media"
 MEDIA_JSONL = "media.jsonl"
@@ -46,8 +43,9 @@ class MediaLog:
     """Writes a run's media files and appends their index lines, within a byte budget.
 
     ``max_bytes`` caps the images and data files of the run together (what a resumed run
-    already wrote counts). The first item that would pass it is refused with one warning,
-    and so is every item after it. Not thread-safe: a run has one media writer thread.
+    already wrote counts). The first item that would pass it is refused, and so is every
+    item after it (:attr:`full`). Lines are only ever appended: a resumed run keeps its
+    history. Not thread-safe: a run has one media writer thread.
     """
 
     def __init__(self, run_path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
@@ -94,7 +92,7 @@ class MediaLog:
         data_text = dumps_strict(data) + "\n" if data is not None else None
         size = len(image) + (len(data_text.encode("utf-8")) if data_text is not None else 0)
         if self.full or self.bytes_used + size > self.max_bytes:
-            self._refuse(key, size)
+            self.full = True  # and stays so: media stop at the first item that does not fit
             return None
         stem = self._new_stem(key, step)
         image_path = f"{stem}.{'jpg' if image_format == 'jpeg' else image_format}"
@@ -124,24 +122,9 @@ class MediaLog:
         """Every line of media.jsonl, in order."""
         return list(read_jsonl(self.index_path))
 
-    def truncate_after(self, epoch: int) -> int:
-        """Drop the entries (and files) of epochs after ``epoch``: a resumed run redraws them.
-
-        Returns how many entries were dropped.
-        """
-        entries = self.entries()
-        kept = [e for e in entries if int(e.get("epoch", 0)) <= epoch]
-        dropped = [e for e in entries if int(e.get("epoch", 0)) > epoch]
-        if not dropped:
-            return 0
-        write_jsonl_atomic(self.index_path, kept)
-        for entry in dropped:
-            for rel in (entry.get("path"), entry.get("data")):
-                if rel:
-                    _unlink_inside(self.media_dir, self.run_path / rel)
-        self._bytes_used = None
-        self.full = False
-        return len(dropped)
+    def last_epoch(self, keys: Collection[str] | None = None) -> int:
+        """The latest epoch with an entry (of one of ``keys``), 0 if none: a resumed run adds after it."""
+        return max((int(e.get("epoch", 0)) for e in self.entries() if keys is None or e.get("key") in keys), default=0)
 
     def _new_stem(self, key: str, step: int) -> str:
         """``media/<key folder>/<step>`` and, when that is taken, ``-1``, ``-2``, ..."""
@@ -155,16 +138,6 @@ class MediaLog:
             stem = f"{base}-{n}"
         self._taken.add(stem)
         return stem
-
-    def _refuse(self, key: str, size: int) -> None:
-        if not self.full:
-            log.warning(
-                "trackbridge: media budget of %.0f MB reached (%.1f MB written; %r needs %.2f MB more): "
-                "no more media is recorded for this run (raise media_max_bytes to keep more)",
-                self.max_bytes / 2**20, self.bytes_used / 2**20, key, size / 2**20,
-            )
-        self.full = True
-
 
 def validate_key(key: str) -> str:
     """A media key: a non-empty string of at most :data:`MAX_KEY_LENGTH` characters."""
@@ -193,12 +166,3 @@ def _folder_bytes(folder: Path) -> int:
             except FileNotFoundError:
                 pass
     return total
-
-
-def _unlink_inside(folder: Path, path: Path) -> None:
-    """Remove ``path`` if it lies inside ``folder`` (an index line is data, not a command)."""
-    try:
-        if path.resolve().is_relative_to(folder.resolve()):
-            path.unlink(missing_ok=True)
-    except OSError:
-        pass
