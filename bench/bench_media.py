@@ -16,10 +16,16 @@ figures, takes from the training thread through the GIL). Epoch 1 is left out (w
 
 Reported per task: the median epoch of each variant (median over rounds of each run's
 median), the ratio media/none (median over rounds of the per-round ratio, and its min-max),
-the added milliseconds per epoch, the recorder's own hook time per epoch (what the
-training thread spends inside the callback), and the median time to draw one epoch's
-figures on the media thread. torch uses one thread in every variant; matplotlib and Pillow
-are imported before the clock starts, so the ratio is the steady state.
+the added milliseconds per epoch, the wall time the training thread spends inside the
+recorder's hooks per epoch (waits for the GIL included), and the media thread's busy time
+per epoch (drawing, encoding, writing one epoch's figures). torch uses one thread in every
+variant; matplotlib and Pillow are imported before the clock starts in both variants.
+
+How to read it: the hooks cost the training thread about a millisecond per epoch; the
+drawing runs on the media thread, but matplotlib holds the GIL while it draws, so on the
+tiny reference epochs (0.05-1 s) most of the media thread's time shows up as added epoch
+time. The added time per epoch is roughly fixed, so the ratio falls with longer epochs
+(``--steps-per-epoch``).
 """
 
 from __future__ import annotations

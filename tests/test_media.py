@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from trackbridge import TrackingConfig, build_callbacks
+from trackbridge.callbacks.guard import TrackingErrors
 from trackbridge.callbacks.media_recorder import MediaRecorder
 from trackbridge.media import RunMedia
 from trackbridge.record.media import MediaLog
@@ -228,7 +229,7 @@ def test_log_image_and_log_figure_from_a_module(tmp_path: Path) -> None:
 
 
 def test_log_image_refuses_what_is_not_a_list_of_images(tmp_path: Path) -> None:
-    media = RunMedia(tmp_path)
+    media = RunMedia(tmp_path, failures=TrackingErrors())
     with pytest.raises(TypeError, match="must be a list"):
         media.log_image("x", np.zeros((4, 4)))
     with pytest.raises(TypeError, match="numpy array, a torch tensor"):
@@ -294,7 +295,7 @@ def test_log_figure_that_raises_on_save_leaves_training_outcome_unchanged(tmp_pa
 
 def test_media_budget_stops_media_with_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # ~12 KB as PNG
-    media = RunMedia(tmp_path, max_bytes=40_000)
+    media = RunMedia(tmp_path, failures=TrackingErrors(), max_bytes=40_000)
     with caplog.at_level(logging.WARNING, logger="trackbridge"):
         for step in range(10):
             media.log_image("noise", [noise], step=step)

@@ -43,8 +43,8 @@ class MediaRecorder(pl.Callback):
     ``event_hook`` and ``mirror_hook`` are called (on the media thread) with each
     media.jsonl entry once it is written. ``class_names`` default to the module's
     ``class_names`` attribute. :attr:`media` is the run's :class:`RunMedia`, whose
-    ``log_image``/``log_figure`` a logger delegates to; with a ``session`` (the stack's)
-    it is ``session.media``, and failures count in ``session.errors``.
+    ``log_image``/``log_figure`` a logger delegates to: ``session.media`` of the stack's
+    ``session`` (one of its own when None), whose ``errors`` count media failures.
     """
 
     def __init__(
@@ -73,17 +73,16 @@ class MediaRecorder(pl.Callback):
         self.samples = samples
         self.class_names = tuple(class_names) if class_names is not None else None
         self.flush_timeout_s = flush_timeout_s
-        self.session = session
+        self.session = session or RunSession(None, beats=False)
         self.media = RunMedia(
             run_dir,
+            failures=self.session.errors,
             max_side=max_side,
             max_bytes=max_bytes,
             event_hook=event_hook,
             mirror_hook=mirror_hook,
-            failures=session.errors if session is not None else None,
         )
-        if session is not None:
-            session.media = self.media
+        self.session.media = self.media
         self.training_thread_s = 0.0  # time this callback spent on the training thread
         self._drawn_epochs = 0  # epochs that already have media (a resumed run)
         self._context: FigureContext | None = None

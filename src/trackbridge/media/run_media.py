@@ -16,7 +16,7 @@ from typing import Any
 
 from ..record.media import DEFAULT_MAX_BYTES, MediaKind, MediaLog, validate_key
 from .images import ACCEPTED, EncodedImage, encode_figure, encode_png, snapshot_image, to_pil
-from .writer import EntryHook, ErrorSink, MediaEntry, MediaErrors, MediaJob, MediaWriter, Rendered
+from .writer import EntryHook, ErrorSink, MediaEntry, MediaJob, MediaWriter, Rendered
 
 DEFAULT_MAX_SIDE = 1024
 
@@ -26,19 +26,19 @@ class RunMedia:
 
     ``event_hook`` and ``mirror_hook`` (for the ``media`` event and the MLflow mirror) are
     called with each media.jsonl entry after its line is written, on the media thread; they
-    may be set after construction. A hook that raises is reported once and never stops media.
-    ``failures`` counts and reports what goes wrong (default: a :class:`MediaErrors` of its own).
+    may be set after construction. ``failures`` counts and reports, once per kind, what goes
+    wrong (a figure that raises, a hook that raises); nothing of it reaches the caller.
     """
 
     def __init__(
         self,
         run_path: str | os.PathLike[str],
         *,
+        failures: ErrorSink,
         max_side: int = DEFAULT_MAX_SIDE,
         max_bytes: int = DEFAULT_MAX_BYTES,
         event_hook: EntryHook | None = None,
         mirror_hook: EntryHook | None = None,
-        failures: ErrorSink | None = None,
     ) -> None:
         if max_side < 1:
             raise ValueError(f"`max_side` must be >= 1 pixel, got {max_side}")
@@ -46,7 +46,7 @@ class RunMedia:
         self.event_hook = event_hook
         self.mirror_hook = mirror_hook
         self.epoch = 0  # the epoch in progress (1-based), the default step; 0 before training
-        self.failures = failures or MediaErrors()
+        self.failures = failures
         self.record = MediaLog(run_path, max_bytes=max_bytes)
         self.writer = MediaWriter(self.record, self._notify, failures=self.failures)
 

@@ -48,43 +48,10 @@ class MediaJob:
     render: Callable[[], Rendered | Sequence[Rendered]]
 
 
-class MediaErrors:
-    """Counts media failures and reports the first of each kind (where, what, exception type).
-
-    The same ``record(where, what, exc)`` and ``count`` as the stack's
-    :class:`~trackbridge.callbacks.guard.TrackingErrors`, which a recorder passes instead,
-    so media failures count in ``run.json`` with the rest of the tracking errors.
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._seen: set[tuple[str, str, str]] = set()
-        self._lock = threading.Lock()
-
-    def record(self, where: str, what: str, exc: BaseException) -> None:
-        kind = (where, what, type(exc).__name__)
-        with self._lock:
-            self.count += 1
-            first = kind not in self._seen
-            self._seen.add(kind)
-        if first:
-            log.debug("media error in %s.%s", where, what, exc_info=exc)  # the traceback, for training.log
-            announce(
-                f"media error in {where}.{what} ({type(exc).__name__}: {exc}); the training goes on, "
-                "later errors of this kind are counted, not shown",
-                log, level=logging.ERROR,
-            )
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"count": self.count}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()  # type: ignore[misc]
-        self.count = state.get("count", 0)
-
-
 class ErrorSink(Protocol):
-    """What reports media failures: :class:`MediaErrors` or the stack's ``TrackingErrors``."""
+    """What counts failures and reports each kind once: the stack's ``TrackingErrors``
+    (:class:`trackbridge.callbacks.guard.TrackingErrors`), so media failures count in
+    ``run.json`` with the rest of the tracking errors."""
 
     count: int
 
@@ -94,7 +61,8 @@ class ErrorSink(Protocol):
 class MediaWriter:
     """Runs :class:`MediaJob` objects on one daemon thread, started on the first job.
 
-    ``on_entry`` is called on that thread with each entry once its line is in media.jsonl.
+    ``on_entry`` is called on that thread with each entry once its line is in media.jsonl;
+    ``failures`` hears of every job that fails.
     The thread, its queue and locks are recreated after pickling (``ddp_spawn``).
     """
 
@@ -103,12 +71,12 @@ class MediaWriter:
         record: MediaLog,
         on_entry: EntryHook | None = None,
         *,
-        failures: ErrorSink | None = None,
+        failures: ErrorSink,
         max_pending: int = 64,
     ) -> None:
         self.record = record
         self.on_entry = on_entry
-        self.failures = failures or MediaErrors()
+        self.failures = failures
         self.max_pending = max_pending
         self.written = 0
         self.busy_s = 0.0  # time the media thread spent on jobs: drawing, encoding, writing
