@@ -14,12 +14,13 @@ Per epoch the timer measures train-epoch start to train-epoch end (validation an
 recorder's hooks included, and whatever the media thread, drawing the previous epoch's
 figures, takes from the training thread through the GIL). Epoch 1 is left out (warm-up).
 
-Reported per task: the median epoch of each variant (median over rounds of each run's
-median), the ratio media/none (median over rounds of the per-round ratio, and its min-max),
-the added milliseconds per epoch, the wall time the training thread spends inside the
-recorder's hooks per epoch (waits for the GIL included), and the media thread's busy time
-per epoch (drawing, encoding, writing one epoch's figures). torch uses one thread in every
-variant; matplotlib and Pillow are imported before the clock starts in both variants.
+Reported per task (medians over rounds): the median epoch of each variant; the ratio
+media/none (of each round's pair, and its min-max); the milliseconds added per epoch; per
+epoch, the wall time the training thread spends inside the recorder's hooks (waits for the
+GIL included), the media thread's busy time (drawing, encoding, writing the epoch's
+figures), and the process CPU time the media add (less sensitive than wall time to a busy
+machine). torch uses one thread in every variant; matplotlib and Pillow are imported
+before the clock starts in both variants.
 
 How to read it: the hooks cost the training thread about a millisecond per epoch; the
 drawing runs on the media thread, but matplotlib holds the GIL while it draws, so on the
@@ -86,15 +87,16 @@ def child(task: str, variant: str, epochs: int, steps_per_epoch: int | None, wor
         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
         default_root_dir=workdir,
     )
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.fit(module, data)
-    fit_s = time.perf_counter() - start
+    fit_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     figures = len(recorder.media.record.entries()) if recorder else 0
     return {
         "task": task,
         "variant": variant,
         "epoch_s": timer.seconds,
         "fit_s": fit_s,
+        "cpu_s": cpu_s,
         "hook_s": recorder.training_thread_s if recorder else 0.0,
         "draw_s": recorder.media.writer.busy_s if recorder else 0.0,
         "figures": figures,
@@ -118,7 +120,7 @@ def run_child(task: str, variant: str, args: argparse.Namespace) -> dict:
 def summarize(results: list[dict], epochs: int) -> str:
     rows = [
         f"{'task':<27} {'none s/ep':>9} {'media s/ep':>10} {'ratio':>6} {'min-max':>13} "
-        f"{'+ms/ep':>7} {'hook ms/ep':>10} {'draw ms/ep':>10}"
+        f"{'+ms/ep':>7} {'hook ms/ep':>10} {'draw ms/ep':>10} {'+cpu ms/ep':>10}"
     ]
     for task in dict.fromkeys(r["task"] for r in results):
         by_round: dict[int, dict[str, dict]] = {}
@@ -132,10 +134,11 @@ def summarize(results: list[dict], epochs: int) -> str:
         # one epoch's figures: the media thread's busy time, split evenly over the epochs
         draw = statistics.median(r["draw_s"] / epochs for r in media_runs)
         none_s, media_s = statistics.median(medians["none"]), statistics.median(medians["media"])
+        extra_cpu = statistics.median((rr["media"]["cpu_s"] - rr["none"]["cpu_s"]) / epochs for rr in by_round.values())
         rows.append(
             f"{task:<27} {none_s:>9.3f} {media_s:>10.3f} {statistics.median(ratios):>6.3f} "
             f"{min(ratios):>6.3f}-{max(ratios):<6.3f} {(media_s - none_s) * 1000:>7.1f} "
-            f"{hook * 1000:>10.2f} {draw * 1000:>10.1f}"
+            f"{hook * 1000:>10.2f} {draw * 1000:>10.1f} {extra_cpu * 1000:>10.1f}"
         )
     return "\n".join(rows)
 
