@@ -34,16 +34,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from trackbridge.reference import REFERENCE_TASKS as TASKS
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import load_average, report, run_child  # noqa: E402
+
+from trackbridge.reference import REFERENCE_TASKS as TASKS  # noqa: E402
 
 VARIANTS = ("none", "media")
-MARK = "BENCH-RESULT "
 
 
 def child(task: str, variant: str, epochs: int, steps_per_epoch: int | None, workdir: Path) -> dict:
@@ -103,18 +104,11 @@ def child(task: str, variant: str, epochs: int, steps_per_epoch: int | None, wor
     }
 
 
-def run_child(task: str, variant: str, args: argparse.Namespace) -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench-media-") as tmp:
-        command = [
-            sys.executable, __file__, "--child", task, variant, "--epochs", str(args.epochs), "--workdir", tmp,
-        ]
-        if args.steps_per_epoch:
-            command += ["--steps-per-epoch", str(args.steps_per_epoch)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
-    lines = [line for line in done.stdout.splitlines() if line.startswith(MARK)]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"{task}/{variant} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len(MARK):])
+def measure(task: str, variant: str, args: argparse.Namespace, scratch: Path) -> dict:
+    child_args = [task, variant, "--epochs", str(args.epochs)]
+    if args.steps_per_epoch:
+        child_args += ["--steps-per-epoch", str(args.steps_per_epoch)]
+    return run_child(__file__, child_args, scratch, timeout=args.timeout)
 
 
 def summarize(results: list[dict], epochs: int) -> str:
@@ -155,28 +149,30 @@ def main() -> None:
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = child(*args.child, args.epochs, args.steps_per_epoch, Path(args.workdir))
-        print(MARK + json.dumps(result), flush=True)
+        report(child(*args.child, args.epochs, args.steps_per_epoch, Path(args.workdir)))
         return
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         parser.error(f"unknown tasks {unknown}; choose from {', '.join(TASKS)}")
     results = []
-    for round_no in range(args.rounds):
-        order = VARIANTS if round_no % 2 == 0 else VARIANTS[::-1]
-        for task in tasks:
-            for variant in order:
-                result = run_child(task, variant, args)
-                result["round"] = round_no
-                results.append(result)
-                print(f"round {round_no + 1}/{args.rounds} {task:<27} {variant:<5} "
-                      f"median epoch {statistics.median(result['epoch_s'][1:]):.3f} s", flush=True)
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="bench-media-") as scratch:
+        for round_no in range(args.rounds):
+            order = VARIANTS if round_no % 2 == 0 else VARIANTS[::-1]
+            for task in tasks:
+                for variant in order:
+                    result = measure(task, variant, args, Path(scratch))
+                    result["round"] = round_no
+                    results.append(result)
+                    print(f"round {round_no + 1}/{args.rounds} {task:<27} {variant:<5} "
+                          f"median epoch {statistics.median(result['epoch_s'][1:]):.3f} s", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print()
     print(f"{args.rounds} rounds, {args.epochs} epochs each (epoch 1 left out), "
-          f"steps per epoch: {args.steps_per_epoch or 'task default'}")
+          f"steps per epoch: {args.steps_per_epoch or 'task default'}; "
+          f"load average before {load_before}, after {load_average()}")
     print(summarize(results, args.epochs))
 
 
