@@ -47,6 +47,11 @@ class TrackingConfig:
     stale_after_s: float | None = None  # None: $TRACKBRIDGE_STALE_AFTER_S, else 120
     # System metrics (system.jsonl, MLflow system/...): seconds between samples, 0 turns them off
     system_metrics_interval_s: float = 10.0
+    # Media (issue 12): task figures every n validation epochs (0 = none), budgets
+    media_every_n_epochs: int = 1
+    media_samples: int = 8
+    media_max_side: int = 1024
+    media_max_bytes: int = 200 * 2**20
 
     def __post_init__(self) -> None:
         spec = get_task(self.task)
@@ -85,6 +90,10 @@ class TrackingConfig:
             raise ValueError(
                 f"`system_metrics_interval_s` must be >= 0 (0 turns system metrics off), got {self.system_metrics_interval_s}"
             )
+        _check_int(self, "media_every_n_epochs", 0, "0 (no task figures) or a positive number of epochs")
+        _check_int(self, "media_samples", 1, "a positive number of validation images per grid")
+        _check_int(self, "media_max_side", 64, "at least 64 pixels")
+        _check_int(self, "media_max_bytes", 1, "a positive number of bytes")
         if self.resume and self.run_id is None:
             raise ValueError("`resume=True` needs the `run_id` of the run to resume")
         # Freeze the mapping too: a frozen dataclass with a mutable dict inside is not frozen.
@@ -128,3 +137,11 @@ class TrackingConfig:
         data["monitor"] = self.resolved_monitor
         data["mode"] = self.resolved_mode
         return data
+
+
+def _check_int(config: TrackingConfig, name: str, minimum: int, what: str) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"`{name}` must be an integer ({what}), got {value!r}")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be {what}, got {value}")

@@ -20,6 +20,7 @@ from .composite import TrackbridgeCallback
 from .input_example import InputExampleRecorder
 from .json_metric_logger import JSONMetricLogger
 from .logger import LoggerAttacher, TrackbridgeLogger
+from .media_recorder import MediaRecorder
 from .run_status_updater import RunStatusUpdater
 from .session import RunSession
 from .sse_notifier import SSENotifier
@@ -95,6 +96,16 @@ def build_callbacks(config: TrackingConfig) -> CallbackStack:
         StopRequestWatcher(run_dir.stop_request, session=session),
         LoggerAttacher(logger),
         LearningRateMonitor(logging_interval="epoch"),
+        # before the writers of the terminal event, so the run's media are all in first
+        MediaRecorder(
+            run_dir.path,
+            config.task,
+            every_n_epochs=config.media_every_n_epochs,
+            samples=config.media_samples,
+            max_side=config.media_max_side,
+            max_bytes=config.media_max_bytes,
+            session=session,
+        ),
         # metrics.json first: the local record is written before any view of it
         JSONMetricLogger(run_dir.metrics_json, session=session),
         RunStatusUpdater(
