@@ -32,19 +32,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import count_points, report, run_child, start_proxy, start_server, stop  # noqa: E402
+
 VARIANTS = ("trackbridge", "mlflowlogger", "mlflowlogger_async", "autolog")
 LOCAL = "trackbridge_local"  # no server involved: once per round and interval
 EPOCHS = 5
@@ -52,7 +51,6 @@ STEPS_PER_EPOCH = 50
 
 
 # -- one training, in a fresh process ------------------------------------------
-MARK = "BENCH-RESULT "
 
 
 def child(variant: str, interval: int, uri: str | None, workdir: Path) -> dict:
@@ -112,12 +110,11 @@ def child(variant: str, interval: int, uri: str | None, workdir: Path) -> dict:
 
     result: dict = {"fit_s": fit_s, "mlflow_run_id": None, "expected_points": None}
     if variant == "trackbridge":
-        from trackbridge.mirror.backlog import backlog
-        from trackbridge.mirror.cursor import EMPTY
+        from trackbridge.mirror.backlog import record_points
 
         run = stack.run_dir.read_run()
         result["mlflow_run_id"] = run["mlflow"]["run_id"]
-        result["expected_points"] = len(backlog(stack.run_dir, EMPTY).points)  # every point of the record
+        result["expected_points"] = len(record_points(stack.run_dir))
         result["pending"] = run["mlflow"]["artifacts_pending"]
     elif variant.startswith("mlflowlogger"):
         result["mlflow_run_id"] = logger.run_id
@@ -127,66 +124,8 @@ def child(variant: str, interval: int, uri: str | None, workdir: Path) -> dict:
 
 
 # -- the parent: servers, rounds, table ------------------------------------------
-def start_server(root: Path) -> tuple[subprocess.Popen, str]:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        env=env, stdout=open(root / "server.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return proc, url
-        except OSError:
-            if proc.poll() is not None:
-                raise SystemExit(f"mlflow server exited:\n{(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.3)
-    raise SystemExit("mlflow server did not start within 120 s")
-
-
-def start_proxy(upstream: str, delay_ms: float) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "delay_proxy.py"), "--upstream", upstream, "--delay-ms", str(delay_ms)],
-        stdout=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    return proc, proc.stdout.readline().strip()
-
-
-def run_child(variant: str, interval: int, uri: str | None, scratch: Path) -> dict:
-    workdir = Path(tempfile.mkdtemp(dir=scratch))
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", variant, "--interval", str(interval), "--uri", uri or "",
-         "--workdir", str(workdir)],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=900,
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"{variant} failed:\n{out.stderr[-3000:]}")
-    line = next(line for line in out.stdout.splitlines() if line.startswith(MARK))
-    result = json.loads(line[len(MARK):])
-    result.update(json.loads((workdir / "exit.json").read_text()))
-    shutil.rmtree(workdir, ignore_errors=True)
-    return result
-
-
-def count_points(client, run_id: str) -> tuple[int, int]:
-    """(points, duplicated (key, step) pairs) of an MLflow run."""
-    points = dup = 0
-    for key in client.get_run(run_id).data.metrics:
-        steps = [m.step for m in client.get_metric_history(run_id, key)]
-        points += len(steps)
-        dup += len(steps) - len(set(steps))
-    return points, dup
+def run_variant(variant: str, interval: int, uri: str | None, scratch: Path) -> dict:
+    return run_child(__file__, [variant, "--interval", str(interval), "--uri", uri or ""], scratch)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(MARK + json.dumps(child(args.child, args.interval, args.uri or None, Path(args.workdir))), flush=True)
+        report(child(args.child, args.interval, args.uri or None, Path(args.workdir)))
         return
 
     from mlflow.tracking import MlflowClient
@@ -225,19 +164,19 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         cases = [(v, n, i) for v in variants for n in networks for i in intervals]
         for round_index in range(args.rounds):
-            base = run_child("baseline", 1, None, scratch)
+            base = run_variant("baseline", 1, None, scratch)
             baseline, baseline_exit = base["fit_s"], base["exit_s"]
             rows.append({"round": round_index, "variant": "baseline", "network": "-", "interval": 0,
                          "fit_s": baseline, "ratio": 1.0, "exit_s": baseline_exit, "exit_ratio": 1.0})
             for interval in intervals:
-                local = run_child(LOCAL, interval, None, scratch)
+                local = run_variant(LOCAL, interval, None, scratch)
                 rows.append({"round": round_index, "variant": LOCAL, "network": "-", "interval": interval,
                              "fit_s": local["fit_s"], "ratio": local["fit_s"] / baseline,
                              "exit_s": local["exit_s"], "exit_ratio": local["exit_s"] / baseline_exit,
                              "points": 0, "dup": 0, "expected": None})
             random.Random(round_index).shuffle(cases)  # alternate the order from round to round
             for variant, network, interval in cases:
-                result = run_child(variant, interval, uris[network], scratch)
+                result = run_variant(variant, interval, uris[network], scratch)
                 points, dup = count_points(client, result["mlflow_run_id"])
                 rows.append({"round": round_index, "variant": variant, "network": network, "interval": interval,
                              "fit_s": result["fit_s"], "ratio": result["fit_s"] / baseline,
@@ -247,8 +186,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"{result['fit_s']:.2f} s ({result['fit_s'] / baseline:.2f}x), {points} points",
                       file=sys.stderr, flush=True)
     finally:
-        for proc in (proxy, server):
-            os.killpg(proc.pid, 9)
+        stop(proxy, server)
         shutil.rmtree(scratch, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -90,16 +90,15 @@ def store_floor(scratch: Path, run_path: Path) -> float:
     from mlflow.entities import Metric
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    from trackbridge.mirror.backlog import backlog
-    from trackbridge.mirror.cursor import EMPTY
+    from trackbridge.mirror.backlog import record_points
     from trackbridge.mirror.mapping import batches
     from trackbridge.record.run_dir import RunDirectory
 
-    todo = backlog(RunDirectory(run_path.parent, run_path.name), EMPTY)
+    points = record_points(RunDirectory(run_path.parent, run_path.name))
     store = SqlAlchemyStore(f"sqlite:///{scratch / 'floor.db'}", str(scratch / "floor-artifacts"))
     run_id = store.create_run("0", "bench", 0, [], "floor").info.run_id
     requests = [[Metric(t.point.key, t.point.value, t.point.timestamp, t.point.step) for t in batch]
-                for batch in batches(todo.points)]
+                for batch in batches(points)]
     started = time.perf_counter()
     for metrics in requests:
         store.log_batch(run_id, metrics=metrics, params=[], tags=[])

@@ -89,7 +89,7 @@ def timed_fit(runs_root, tracking_uri, *hooks: AtEpochStart, epochs: int = 5, sl
     run_id = f"out-{uuid.uuid4().hex[:8]}"
     stack = build_callbacks(TrackingConfig(task="regression", runs_root=runs_root, run_id=run_id,
                                            tracking_uri=tracking_uri, early_stopping_patience=0, **config))
-    mirror = next(cb for cb in stack if isinstance(cb, MLflowMirror))
+    mirror = next(cb for cb in stack.parts if isinstance(cb, MLflowMirror))
     train, val = tiny_loaders()
     trainer = tiny_trainer([*stack, *hooks], max_epochs=epochs)
     start = time.monotonic()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,6 +27,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--sleep", type=float, default=0.2, help="seconds per training batch")
     parser.add_argument("--tracking-uri", default=None, help="mirror to this MLflow server (default: no mirror)")
+    parser.add_argument("--pending", type=float, default=0.0, help="seconds between build_callbacks and fit (data preparation)")
+    parser.add_argument("--steps-every", type=int, default=2, help="log_every_n_steps")
     args = parser.parse_args()
     config = TrackingConfig(
         task="regression",
@@ -38,8 +41,9 @@ def main() -> None:
         hyperparameters={"max_epochs": args.epochs, "sleep_s": args.sleep},
     )
     stack = build_callbacks(config)
+    time.sleep(args.pending)  # the run is pending meanwhile: its heartbeat beats
     train, val = tiny_loaders(n=64, batch_size=8)  # 8 batches per epoch
-    trainer = tiny_trainer(stack, max_epochs=args.epochs)
+    trainer = tiny_trainer(stack, max_epochs=args.epochs, logger=stack.logger, log_every_n_steps=args.steps_every)
     trainer.fit(TinyRegressor(sleep_s=args.sleep), train, val)
 
 

@@ -56,6 +56,16 @@ def test_train_cli_records_every_task(task, tmp_path, mlflow_server):
     assert types[0] == "run_started" and types.count("epoch_end") == 3 and types[-1] == "training_complete"
 
 
+def test_train_cli_test_flag_evaluates_the_test_split_after_fit(tmp_path):
+    runs = tmp_path / "runs"
+    result = run_cli("train", "--task", "regression", "--epochs", "1", "--run-id", "tested", "--runs-root",
+                     str(runs), "--no-mlflow", "--test", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert out.index("run tested completed") < out.index("test_mae") and "test_loss" in out
+    assert strict_loads((runs / "tested" / "run.json").read_text())["status"] == "completed"
+
+
 def test_train_cli_loads_reference_checkpoint_into_its_class(tmp_path):
     from trackbridge.reference import build_reference
 
@@ -163,9 +173,18 @@ def test_import_trackbridge_does_not_import_mlflow_or_heavy_extras():
         assert heavy not in imported
 
 
-def test_public_api_all_is_sorted_and_complete():
-    import trackbridge
+def test_public_api_all_is_complete():
+    """Every public class of the record, every callback, and every name trackbridge lists resolves."""
+    import inspect
 
-    assert trackbridge.__all__ == sorted(trackbridge.__all__)
+    import trackbridge
+    import trackbridge.callbacks
+    import trackbridge.record
+
     for name in trackbridge.__all__:
-        assert getattr(trackbridge, name) is not None
+        assert getattr(trackbridge, name) is not None, name
+    public = set(trackbridge.callbacks.__all__)
+    public |= {n for n in trackbridge.record.__all__ if inspect.isclass(getattr(trackbridge.record, n))}
+    public |= {"TrackingConfig", "TASKS", "TaskSpec", "UnknownTaskError", "get_task"}
+    assert sorted(public - set(trackbridge.__all__)) == []
+    assert dir(trackbridge) == trackbridge.__all__

@@ -126,20 +126,29 @@ def test_dashboard_assets_stay_inside_static(runs_root: Path, path: str) -> None
     assert b"import" not in response.data and b"root:" not in response.data
 
 
-def test_dashboard_token_guards_page_and_assets_and_is_passed_on(runs_root: Path) -> None:
+def test_dashboard_token_guards_page_and_assets_and_moves_to_a_cookie(runs_root: Path) -> None:
+    """The page opened with ?token= sets an HttpOnly, SameSite=Strict cookie; no URL of the page holds the token.
+
+    (Before issue 11 the page put ?token= on every asset and API URL; the cookie replaces that.)
+    """
     client = create_app(runs_root, token="s3cret").test_client()
-    for path in ("/", "/runs/run-1", "/assets/dashboard.js"):
+    for path in ("/", "/runs/run-1", "/assets/dashboard.js", "/api/runs"):
         refused = client.get(path)
         assert refused.status_code == 401, path
         assert "token" in refused.get_json()["error"]
         assert client.get(path, query_string={"token": "wrong"}).status_code == 401
     page = client.get("/runs/run-1", query_string={"token": "s3cret"})
     assert page.status_code == 200
-    refs = _refs(page.get_data(as_text=True)).refs
-    assets = [ref for ref in refs if "assets/" in ref]
-    assert assets and all(ref.endswith("?token=s3cret") for ref in assets)
-    for ref in assets:
+    cookie = page.headers["Set-Cookie"]
+    assert cookie.startswith("trackbridge_token=s3cret;")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    html = page.get_data(as_text=True)
+    assert "s3cret" not in html  # not in any URL of the page, nor anywhere else in it
+    assets = [ref for ref in _refs(html).refs if "assets/" in ref]
+    assert assets
+    for ref in assets:  # the test client keeps the cookie, as a browser does
         assert client.get("/" + ref.lstrip("./")).status_code == 200, ref
+    assert client.get("/api/runs").status_code == 200
     assert client.get("/", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 
@@ -202,7 +211,9 @@ def _stop_process(proc: subprocess.Popen) -> None:
 def test_dashboard_follows_a_live_run_and_stops_it_in_chromium(tmp_path: Path, mlflow_server) -> None:
     """A training process, `trackbridge serve` with a token, Chromium: live points, Stop, MLflow link.
 
-    The token is in the page's URL only: every API call and the SSE stream must carry it on.
+    The token is in the URL the page is opened with only: the page exchanges it for an HttpOnly,
+    SameSite=Strict cookie and removes it from the address bar and the history; every API call and
+    the SSE stream then authenticate with the cookie, and no URL the page requests holds the token.
     """
     runs_root = tmp_path / "runs"
     run_id = "live-1"
@@ -227,6 +238,10 @@ def test_dashboard_follows_a_live_run_and_stops_it_in_chromium(tmp_path: Path, m
         with chromium() as browser:
             page = open_page(browser, f"{base}/runs/{run_id}?token={token}", viewport={"width": 1280, "height": 820})
             page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+            assert "token" not in page.url and page.url.endswith(f"/runs/{run_id}")
+            # the new tab's about:blank and this page: the token URL was replaced, not pushed
+            assert page.evaluate("history.length") == 2
+            assert page.evaluate("document.cookie") == ""  # HttpOnly: no script of the page can read it
             page.wait_for_function("() => document.querySelector('#chart-loss').dataset.points >= 1", timeout=30_000)
             first = _points(page)
             page.wait_for_function(
@@ -254,6 +269,9 @@ def test_dashboard_follows_a_live_run_and_stops_it_in_chromium(tmp_path: Path, m
             assert epochs == list(range(1, len(epochs) + 1))
             assert page.is_disabled("#stop")
             assert page.evaluate("window.__sameDocument") is True
+            requested = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+            assert any("/stream" in url for url in requested) and any("/metrics" in url for url in requested)
+            assert not [url for url in requested if token in url]
 
             page.set_viewport_size({"width": 390, "height": 844})
             page.screenshot(path=str(ARTIFACTS / "dashboard-run-phone.png"), full_page=True)
@@ -269,7 +287,7 @@ def test_dashboard_follows_a_live_run_and_stops_it_in_chromium(tmp_path: Path, m
             # The runs list: the run, a link to its page, and a link to its MLflow run.
             runs_page = open_page(browser, f"{base}/?token={token}", viewport={"width": 1280, "height": 600})
             row = runs_page.wait_for_selector(f"tr[data-run-id='{run_id}'][data-status='stopped']", timeout=15_000)
-            assert row.query_selector("a.run-link").get_attribute("href") == f"./runs/{run_id}?token={token}"
+            assert row.query_selector("a.run-link").get_attribute("href") == f"./runs/{run_id}"  # the cookie goes along
             mlflow_link = row.query_selector("a.mlflow-link").get_attribute("href")
             assert mlflow_link == run["mlflow"]["url"]
             assert mlflow_link.startswith(mlflow_server.url + "/#/experiments/")

@@ -82,8 +82,11 @@ def test_ddp_records_every_epoch_once(ddp_run: dict) -> None:
 
     steps_file = run_dir / "steps.jsonl"
     if steps_file.exists():
-        steps = [json.loads(line)["step"] for line in steps_file.read_text().splitlines()]
-        assert len(steps) == len(set(steps)), "a step logged twice"
+        points = Counter(
+            (line["step"], key) for line in map(json.loads, steps_file.read_text().splitlines())
+            for key in line if key not in ("step", "time")
+        )
+        assert points and max(points.values()) == 1, "a (step, metric) point logged twice"
 
 
 def test_ddp_mirrors_one_mlflow_run_with_every_epoch_once(ddp_run: dict) -> None:
@@ -149,8 +152,10 @@ def test_ddp_stop_request_stops_every_rank_at_the_same_batch(tmp_path: "os.PathL
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert sorted(line for line in result.stdout.splitlines() if line.startswith("rank")) == [
-        "rank 0 stopped at step 7", "rank 1 stopped at step 7"]
+    stopped = sorted(line for line in result.stdout.splitlines() if line.startswith("rank"))
+    steps = {int(line.rsplit(" ", 1)[1]) for line in stopped}
+    # the request is seen within a writer tick (0.1 s); both ranks stop after the same batch
+    assert len(stopped) == 2 and len(steps) == 1 and min(steps) >= 7, stopped
     info = json.loads((runs / "ddp-stop" / "run.json").read_text())
     assert info["status"] == "stopped"
     assert [p.name for p in runs.iterdir()] == ["ddp-stop"]

@@ -150,7 +150,7 @@ def test_demo_serves_dashboard_and_mlflow_on_one_port_and_stops_on_ctrl_c(tmp_pa
     try:
         urls = demo.urls()
         base = f"http://127.0.0.1:{port}"
-        # With a token set, the printed dashboard URL carries it (the page passes it on to the API).
+        # With a token set, the printed dashboard URL carries it (the page exchanges it for a cookie).
         assert urls == {"Dashboard": f"{base}/trackbridge/?token={token}", "MLflow UI": f"{base}/"}
         for url in urls.values():
             assert requests.get(url, timeout=10).status_code == 200, url
@@ -176,7 +176,8 @@ def test_demo_serves_dashboard_and_mlflow_on_one_port_and_stops_on_ctrl_c(tmp_pa
         with chromium() as browser:
             page = open_page(browser, urls["Dashboard"])
             page.wait_for_selector(f"tr[data-run-id='{run['run_id']}'] a.run-link", timeout=15_000).click()
-            page.wait_for_url(f"{base}/trackbridge/runs/{run['run_id']}?token={token}")
+            # the link needs no token: the cookie the page set goes along (issue 11: no token in URLs)
+            page.wait_for_url(f"{base}/trackbridge/runs/{run['run_id']}")
             page.wait_for_function("() => document.querySelector('#chart-loss').dataset.points == 2", timeout=15_000)
             assert page.text_content("#run-status") == "completed"
             assert page.get_attribute("#run-mlflow", "href") == run["mlflow_url"]

@@ -88,7 +88,7 @@ def test_system_metrics_test_stage_datasets_and_config_yaml_reach_mlflow(runs_ro
                                            tracking_uri=mlflow_server.url, early_stopping_patience=0))
     run_dir = stack.run_dir
     (run_dir.path / "config.yaml").write_text(CONFIG_YAML)  # as LightningCLI's SaveConfigCallback writes it
-    mirror = next(cb for cb in stack if isinstance(cb, MLflowMirror))
+    mirror = next(cb for cb in stack.parts if isinstance(cb, MLflowMirror))
     sampler = SystemSampler(run_dir, mirror)
     train, val = tiny_loaders()
     trainer = tiny_trainer([*stack, sampler, StageRecorder(run_dir)], max_epochs=3)

@@ -18,9 +18,11 @@ from trackbridge.record import (
     RunDirectory,
     RunExistsError,
     RunStatus,
-    best_epoch_of,
     build_epoch_record,
     dumps_strict,
+    JsonlAppender,
+    LivenessJudge,
+    ProcessIdentity,
     find_dead_runs,
     new_run_id,
     read_jsonl,
@@ -142,13 +144,6 @@ def test_build_epoch_record_keeps_metrics_as_floats_and_time_as_text():
     assert record == {"epoch": 1, "val_loss": 0.5, "bad": None, "lr": 0.001, "duration_s": 1.25, "time": iso(moment)}
 
 
-def test_best_epoch_of_respects_mode_and_keeps_the_earliest_tie():
-    records = [{"epoch": 1, "m": 0.5}, {"epoch": 2, "m": 0.7}, {"epoch": 3, "m": 0.7}, {"epoch": 4, "m": None}]
-    assert best_epoch_of(records, "m", "max") == (2, 0.7)
-    assert best_epoch_of(records, "m", "min") == (1, 0.5)
-    assert best_epoch_of([], "m", "min") is None
-
-
 def _running_run(runs_root, run_id, **fields):
     run = RunDirectory(runs_root, run_id)
     run.create()
@@ -156,32 +151,104 @@ def _running_run(runs_root, run_id, **fields):
     return run
 
 
-def test_find_dead_runs_same_host_dead_pid_is_dead_at_once(runs_root):
+def _here(**changes):
+    """This process's identity as run.json records it, with ``changes``."""
+    return {**ProcessIdentity.current().as_fields(), **changes}
+
+
+def test_find_dead_runs_same_boot_and_namespace_dead_pid_is_dead_at_once(runs_root):
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    _running_run(runs_root, "gone", pid=proc.pid, host=socket.gethostname(), pid_started_at=0.0)
+    _running_run(runs_root, "gone", **_here(pid=proc.pid, pid_started_at=0.0))
     dead = find_dead_runs(runs_root)
     assert [(r.run_id, "exited without reporting" in why) for r, why in dead] == [("gone", True)]
 
 
 def test_find_dead_runs_guards_against_pid_reuse(runs_root):
-    import psutil
-
-    me = os.getpid()
-    started = psutil.Process(me).create_time()
-    _running_run(runs_root, "alive", pid=me, host=socket.gethostname(), pid_started_at=started)
-    _running_run(runs_root, "reused", pid=me, host=socket.gethostname(), pid_started_at=started - 3600)
+    me = ProcessIdentity.current()
+    _running_run(runs_root, "alive", **me.as_fields())
+    _running_run(runs_root, "reused", **_here(pid_started_at=me.started_at - 3600))
     assert [r.run_id for r, _ in find_dead_runs(runs_root)] == ["reused"]
 
 
+def test_a_pid_from_another_pid_namespace_is_never_looked_up(runs_root):
+    # pid 1 of a container is not this host's pid 1; a dead pid there says nothing either
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    _running_run(runs_root, "contained", **_here(pid=proc.pid, pid_started_at=0.0, pid_namespace="pid:[1]"))
+    assert find_dead_runs(runs_root) == []  # its heartbeat is fresh
+
+
 def test_find_dead_runs_other_host_uses_the_heartbeat(runs_root, monkeypatch):
-    _running_run(runs_root, "remote", pid=1, host="elsewhere")
+    _running_run(runs_root, "remote", **_here(pid=1, host="elsewhere", boot_id="other-boot"))
     now = datetime.now(timezone.utc)
     assert find_dead_runs(runs_root, now=now) == []
     later = now + timedelta(seconds=121)
     assert [r.run_id for r, _ in find_dead_runs(runs_root, now=later)] == ["remote"]
     monkeypatch.setenv("TRACKBRIDGE_STALE_AFTER_S", "300")
     assert find_dead_runs(runs_root, now=later) == []
+
+
+def test_a_run_records_its_own_staleness_limit_and_readers_use_it(runs_root):
+    _running_run(runs_root, "patient", **_here(pid=1, host="elsewhere", boot_id="b"), stale_after_s=600)
+    later = datetime.now(timezone.utc) + timedelta(seconds=300)
+    assert find_dead_runs(runs_root, now=later, judge=LivenessJudge(3)) == []
+
+
+def test_a_long_lived_judge_trusts_a_changing_beat_whatever_the_clock_says(runs_root):
+    import time
+
+    run_dir = _running_run(runs_root, "skewed", **_here(pid=1, host="elsewhere", boot_id="b"))
+    judge = LivenessJudge(0.5, remember=True)
+    behind = datetime.now(timezone.utc) - timedelta(minutes=5)
+    for beat in range(3):  # a writer whose clock is 5 minutes behind, beating every 0.3 s
+        run_dir.update_run(heartbeat_at=iso(behind + timedelta(seconds=beat)))
+        assert judge.death_reason(run_dir.read_run(), mtime=os.stat(run_dir.run_json).st_mtime) is None
+        time.sleep(0.3)
+    time.sleep(0.6)  # the beats stop: dead within the limit plus a beat, by the judge's own clock
+    reason = judge.death_reason(run_dir.read_run(), mtime=os.stat(run_dir.run_json).st_mtime)
+    assert reason and "no heartbeat" in reason
+
+
+def test_jsonl_appender_cuts_a_torn_tail_before_appending(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"id": 1}\n{"id": 2, "ty')  # a writer died mid-line
+    JsonlAppender(path).append({"id": 2})
+    assert path.read_text() == '{"id": 1}\n{"id": 2}\n'
+    assert [line["id"] for line in read_jsonl(path)] == [1, 2]
+
+
+def test_jsonl_appender_cuts_back_a_failed_append(tmp_path):
+    import resource
+
+    path = tmp_path / "steps.jsonl"
+    JsonlAppender(path).append({"step": 1})
+    size = path.stat().st_size
+    code = (
+        "import resource, sys; from trackbridge.record import JsonlAppender\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size + 10}, {size + 10}))\n"
+        "try:\n"
+        f"    JsonlAppender({str(path)!r}).append({{'step': 2, 'pad': 'x' * 100}})\n"
+        "except OSError as exc:\n"
+        "    print(exc.errno); sys.exit(0)\n"
+        "sys.exit(1)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == 27  # EFBIG from a real kernel limit
+    assert path.read_text() == '{"step": 1}\n'  # cut back: nothing half-written stays
+    assert resource.getrlimit(resource.RLIMIT_FSIZE)  # (the limit was the child's only)
+
+
+def test_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "run.json", {"a": 1})
+        JsonlAppender(tmp_path / "events.jsonl").append({"id": 1})
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "run.json").stat().st_mode & 0o777) == "0o644"
+    assert oct((tmp_path / "events.jsonl").stat().st_mode & 0o777) == "0o644"
 
 
 def test_epoch_record_values_are_finite_or_null():
@@ -191,25 +258,28 @@ def test_epoch_record_values_are_finite_or_null():
     assert all(v is None or not isinstance(v, float) or math.isfinite(v) for v in record.values())
 
 
-def test_heartbeat_refreshes_run_json_while_alive(runs_root):
+def test_a_session_beats_from_the_moment_its_run_is_created_until_it_lets_the_run_go(runs_root):
     import time
 
-    from trackbridge.callbacks.heartbeat import Heartbeat
+    from trackbridge import TrackingConfig
+    from trackbridge.callbacks.session import RunSession
 
-    run = _running_run(runs_root, "beating", pid=os.getpid(), host=socket.gethostname())
+    config = TrackingConfig(task="regression", runs_root=runs_root, run_id="beating", mlflow=False, stale_after_s=0.3)
+    session = RunSession(RunDirectory(runs_root, "beating"), config=config)
+    assert session.heartbeat_interval_s == pytest.approx(0.1)  # a third of the staleness limit
+    session.create_run({})
+    run = session.run_dir
     first = run.read_run()["heartbeat_at"]
-    beat = Heartbeat(run, interval_s=0.05)
-    beat.start()
     try:
         deadline = time.monotonic() + 5
         while run.read_run()["heartbeat_at"] == first and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert run.read_run()["heartbeat_at"] > first  # pending, and beating
     finally:
-        beat.stop()
-    assert run.read_run()["heartbeat_at"] > first
+        session.close()
     stopped_at = run.read_run()["heartbeat_at"]
-    time.sleep(0.2)
-    assert run.read_run()["heartbeat_at"] == stopped_at  # no beat after stop()
+    time.sleep(0.3)
+    assert run.read_run()["heartbeat_at"] == stopped_at  # no beat once the session let the run go
 
 
 def test_run_status_updater_refuses_a_heartbeat_slower_than_30_s(tmp_path):

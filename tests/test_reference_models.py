@@ -158,3 +158,23 @@ def test_reference_model_checkpoint_reproduces_forward(trained: TrainedRun) -> N
         expected = trained.model(x)
         torch.testing.assert_close(first(x), expected)
         torch.testing.assert_close(second(x), first(x))
+
+
+def test_reference_model_test_step_logs_test_loss_and_metric(trained: TrainedRun) -> None:
+    monitor, _ = DESIGN_TASKS[trained.task]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        [metrics] = _trainer([]).test(trained.model, trained.data, verbose=False)
+    name = "test_" + monitor.removeprefix("val_")
+    assert {"test_loss", name} <= set(metrics), f"{trained.task}: got {sorted(metrics)}"
+    assert all(torch.isfinite(torch.tensor(metrics[k])) for k in ("test_loss", name))
+    assert 0 < len(trained.data.test_set) < len(trained.data.train_set)
+
+
+@pytest.mark.parametrize("task", REFERENCE_TASKS)
+def test_reference_test_split_is_held_out(task: str) -> None:
+    _, data = build_reference(task, seed=0)
+    def rows(dataset):
+        return {tuple(torch.as_tensor(dataset[i][0]).flatten().tolist()) for i in range(len(dataset))}
+    test = rows(data.test_set)
+    assert test and not test & rows(data.val_set) and not test & rows(data.train_set)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trackbridge.reference.coco_map import CocoMeanAveragePrecision
-from trackbridge.reference.rotated_iou import rbox_corners, rotated_iou, rotated_iou_matrix
+from trackbridge.metrics.rotated_iou import rbox_corners, rotated_iou, rotated_iou_matrix
 from trackbridge.reference.rotated_map import RotatedMeanAveragePrecision
 
 SQRT2 = math.sqrt(2.0)

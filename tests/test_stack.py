@@ -47,15 +47,20 @@ def events_of(run: RunDirectory) -> list[dict]:
 def test_stack_contains_the_design_callbacks(runs_root):
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
+    from trackbridge.callbacks.composite import TrackbridgeCallback
+
     stack = build_callbacks(local_config(runs_root, run_id="s1"))
-    kinds = [type(cb).__name__ for cb in stack]
+    kinds = [type(cb).__name__ for cb in stack.parts]
     for name in ("JSONMetricLogger", "RunStatusUpdater", "SSENotifier", "LearningRateMonitor", "EarlyStopping"):
         assert name in kinds
-    checkpoints = [cb for cb in stack if isinstance(cb, ModelCheckpoint)]
+    # trackbridge's parts reach the Trainer as one callback: Lightning's per-callback cost is paid once
+    assert [type(cb).__name__ for cb in stack] == ["TrackbridgeCallback", "EarlyStopping", "ModelCheckpoint", "ModelCheckpoint"]
+    assert isinstance(stack[0], TrackbridgeCallback)
+    checkpoints = [cb for cb in stack.parts if isinstance(cb, ModelCheckpoint)]
     assert [(c.monitor, c.mode, c.filename) for c in checkpoints] == [("val_mae", "min", "best"), (None, "min", "last")]
-    early = next(cb for cb in stack if isinstance(cb, EarlyStopping))
+    early = next(cb for cb in stack.parts if isinstance(cb, EarlyStopping))
     assert (early.monitor, early.mode, early.min_delta, early.patience) == ("val_loss", "min", -1e-4, 10)
-    lr = next(cb for cb in stack if isinstance(cb, LearningRateMonitor))
+    lr = next(cb for cb in stack.parts if isinstance(cb, LearningRateMonitor))
     assert lr.logging_interval == "epoch"
     off = build_callbacks(local_config(runs_root, run_id="s2", early_stopping_patience=0))
     assert not any(isinstance(cb, EarlyStopping) for cb in off)
@@ -93,7 +98,10 @@ def test_stack_records_a_completed_run(runs_root):
     assert run.training_log.read_text().strip()
     assert "memory" in run.training_log.read_text()
     steps = [strict_loads(line) for line in run.steps_jsonl.read_text().splitlines()]
-    assert steps and all("train_loss_step" in s and isinstance(s["step"], int) for s in steps)
+    assert all(isinstance(s["step"], int) for s in steps)
+    # every logged training step (log_every_n_steps=2, 8 batches an epoch), plus LearningRateMonitor's direct calls
+    assert [s["step"] for s in steps if "train_loss_step" in s] == list(range(1, 24, 2))
+    assert [s["step"] for s in steps if "lr-SGD" in s] == [0, 8, 16]
 
 
 def test_last_ckpt_is_the_most_recent_epoch_even_when_best_is_older(runs_root):
@@ -144,7 +152,9 @@ def test_keyboard_interrupt_marks_the_run_stopped(runs_root):
     assert [e["type"] for e in events_of(run)][-1] == "training_stopped"
 
 
-def test_stop_request_stops_at_the_next_batch(runs_root):
+def test_stop_request_stops_within_a_tick(runs_root):
+    from trackbridge.callbacks.record_writer import TICK_S
+
     stack = build_callbacks(local_config(runs_root, run_id="stopme"))
     run = stack.run_dir
 
@@ -154,8 +164,10 @@ def test_stop_request_stops_at_the_next_batch(runs_root):
                 run.request_stop("test")  # as the web API would, from outside the loop
             return super().training_step(batch, batch_idx)
 
-    trainer = fit(stack, RequestsStop(), epochs=5)
-    assert trainer.global_step == 11
+    batch_s = 0.02
+    trainer = fit(stack, RequestsStop(sleep_s=batch_s), epochs=5)
+    # the writer thread looks for the file every TICK_S; the training stops after the batch in progress
+    assert 11 <= trainer.global_step <= 11 + TICK_S / batch_s + 2
     info = run.read_run()
     assert info["status"] == "stopped" and info["error"] is None
     types = [e["type"] for e in events_of(run)]

@@ -251,3 +251,23 @@ def test_api_marks_a_dead_run_failed_and_ends_its_stream(runs_root: Path) -> Non
     body = fresh.get("/api/training/crashed-2/stream").get_data(as_text=True)
     events = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
     assert [e["type"] for e in events] == ["run_started", "epoch_end", "training_failed"]
+
+
+def test_api_routes_come_from_one_table_and_are_documented(runs_root: Path) -> None:
+    """Every row of the route table is a rule of the Flask app, a route of the ASGI app, and in the README."""
+    from conftest import REPO
+    from trackbridge.web import create_asgi_app
+    from trackbridge.web.routes import ROUTES, Kind
+    from trackbridge.web.settings import WebSettings
+
+    app = create_app(runs_root)
+    rules = {rule.rule for rule in app.url_map.iter_rules()}
+    asgi = create_asgi_app(WebSettings.resolve(runs_root))
+    readme = (REPO / "README.md").read_text()
+    for route in ROUTES:
+        assert route.flask_rule() in rules, route.name
+        assert asgi.live.routes.match(route.methods[0], route.path.replace("{run_id}", "r1")
+                                      .replace("{path:path}", "a/b.png").replace("{filename:path}", "x.js"))[0] is route
+        if route.group == "api":
+            shown = route.path.replace("{run_id}", "<run_id>").replace("{path:path}", "<path>")
+            assert f"`{'WS' if route.kind is Kind.WEBSOCKET else route.methods[0]} {shown}" in readme, route.path

@@ -138,15 +138,17 @@ def test_stream_of_a_finished_run_ends_at_once_for_a_client_that_has_it_all(runs
     assert time.monotonic() - started < 2
 
 
-def _collect_async(stream: EventStream, limit: int | None = None) -> list:
+def _collect_async(hub: EventHub, make, after_id: int = 0, *, tick_s: float = 5) -> list:
+    """Everything an asyncio reader (the ASGI transport's driver) gets until its stream ends."""
     import asyncio
 
+    from trackbridge.events.fanout import END, AsyncFanout
+
     async def collect() -> list:
-        got = []
-        async for event in stream.aiter():
-            got.append(event)
-            if limit is not None and len(got) >= limit:
-                break
+        reader = await AsyncFanout(hub, tick_s=tick_s).open("r1", make, after_id)
+        got: list = []
+        while (batch := await reader.next_batch()) is not END:
+            got += batch if batch is not None else [None]
         return got
 
     return asyncio.run(collect())
@@ -157,32 +159,40 @@ def test_stream_async_replays_resumes_and_ends_like_the_blocking_one(runs_root: 
     for event_type in ("run_started", "training_stopped", "run_started", "epoch_end", "training_complete"):
         emitter.emit(event_type)
     make = lambda: FileEventSource(run_dir)  # noqa: E731
-    assert _ids(_collect_async(EventStream(EventHub(), "r1", make, 0, tick_s=5))) == [1, 2, 3, 4, 5]
-    assert _ids(_collect_async(EventStream(EventHub(), "r1", make, 3, tick_s=5))) == [4, 5]
-    assert _collect_async(EventStream(EventHub(), "r1", make, 5, tick_s=5)) == []
+    assert _ids(_collect_async(EventHub(), make, 0)) == [1, 2, 3, 4, 5]
+    assert _ids(_collect_async(EventHub(), make, 3)) == [4, 5]
+    assert _collect_async(EventHub(), make, 5) == []
 
 
 def test_stream_async_follows_live_events_and_catches_up_after_overflow(runs_root: Path) -> None:
-    """An asyncio reader is woken by the watcher's publish; a burst larger than its buffer is read from the log."""
+    """Readers are woken by the watcher's publish; a burst larger than the loop's buffer is read from the log."""
     import asyncio
 
     from trackbridge.events import EventBroker
+    from trackbridge.events.fanout import END, AsyncFanout
 
     run_dir, emitter = _run(runs_root)
     emitter.emit("run_started")
     hub = EventHub(EventBroker(maxsize=4))
-    stream = EventStream(hub, "r1", lambda: FileEventSource(run_dir, poll_interval_s=0.005), tick_s=0.05)
+    make = lambda: FileEventSource(run_dir, poll_interval_s=0.005)  # noqa: E731
 
-    async def read_while_writing() -> list:
-        got = []
+    async def read_while_writing() -> tuple[list, list]:
+        fanout = AsyncFanout(hub, tick_s=0.05)
+        slow, fast = await fanout.open("r1", make), await fanout.open("r1", make)
         writer = asyncio.get_running_loop().run_in_executor(None, write_burst)
-        async for event in stream.aiter():
-            if event is not None:
-                got.append(event)
-                if len(got) == 1:
-                    await asyncio.sleep(0.5)  # a slow reader: the burst overflows its buffer of 4
+
+        async def drain(reader, pause: float) -> list:
+            got: list = []
+            while (batch := await reader.next_batch()) is not END:
+                got += [e for e in batch or () if e is not None]
+                if pause and len(got) == 1:
+                    await asyncio.sleep(pause)  # a slow client: the burst piles up for it alone
+            return got
+
+        results = await asyncio.gather(drain(slow, 0.5), drain(fast, 0))
         await writer
-        return got
+        assert fanout.reader_count == 0
+        return results
 
     def write_burst() -> None:
         time.sleep(0.05)
@@ -190,9 +200,70 @@ def test_stream_async_follows_live_events_and_catches_up_after_overflow(runs_roo
             emitter.emit("epoch_end", epoch=epoch)
         emitter.emit("training_complete")
 
-    got = asyncio.run(read_while_writing())
-    assert _ids(got) == list(range(1, 33))
+    slow_got, fast_got = asyncio.run(read_while_writing())
+    assert _ids(slow_got) == list(range(1, 33))
+    assert _ids(fast_got) == list(range(1, 33))
     assert not hub.broker.has_subscribers("r1")  # ended: unsubscribed
+
+
+def test_fanout_one_channel_serves_many_readers_and_a_stalled_one_holds_nobody(runs_root: Path) -> None:
+    """200 asyncio readers of one run share one subscription; one that never reads does not delay the rest."""
+    import asyncio
+
+    from trackbridge.events.fanout import END, AsyncFanout
+
+    run_dir, emitter = _run(runs_root)
+    emitter.emit("run_started")
+    hub = EventHub()
+    make = lambda: FileEventSource(run_dir, poll_interval_s=0.005)  # noqa: E731
+
+    async def main() -> tuple[list, float, int]:
+        fanout = AsyncFanout(hub, tick_s=0.05, max_ready=8)
+        readers = [await fanout.open("r1", make) for _ in range(200)]
+        stalled = await fanout.open("r1", make)
+        subscribers = len(hub.broker._subscribers["r1"])
+        done_at: list = []
+
+        async def drain(reader) -> list:
+            got: list = []
+            while (batch := await reader.next_batch()) is not END:
+                got += [e["id"] for e in batch or ()]
+            done_at.append(time.monotonic())
+            return got
+
+        writer = asyncio.get_running_loop().run_in_executor(None, lambda: [
+            emitter.emit("epoch_end", epoch=k) for k in range(1, 41)] and emitter.emit("training_complete"))
+        results = await asyncio.gather(*(drain(r) for r in readers))
+        await writer
+        assert not stalled.state.done and stalled.state.behind  # it held more than max_ready: it reads the log later
+        late = await drain(stalled)
+        assert late == list(range(1, 43))
+        return results, max(done_at[:-1]), subscribers
+
+    results, _, subscribers = asyncio.run(main())
+    assert subscribers == 1
+    assert all(ids == list(range(1, 43)) for ids in results)
+
+
+def test_stream_state_is_a_pure_state_machine() -> None:
+    from trackbridge.events.stream import Phase, StreamState
+
+    def ev(i: int, kind: str = "epoch_end") -> dict:
+        return {"id": i, "type": kind}
+
+    state = StreamState(after_id=2)
+    assert state.start([ev(3), ev(4)], None) == [ev(3), ev(4)] and state.last_id == 4
+    assert state.from_live([ev(4), ev(5)]) == [ev(5)]  # the overlap with the history is dropped
+    assert state.from_live([ev(7)]) == [] and state.behind and state.needs_read  # a skipped id: read the log
+    assert state.from_live([ev(8)]) == []  # nothing live while behind
+    assert state.from_log([ev(6), ev(7), ev(8)]) == [ev(6), ev(7), ev(8)] and not state.behind
+    assert state.from_live([ev(9, "training_failed")]) == [ev(9, "training_failed")]
+    assert state.phase is Phase.ENDING and state.needs_read
+    # the owner restored its run: the log goes on after the terminal event, and so does the stream
+    assert state.from_log([ev(10, "status"), ev(11)]) == [ev(10, "status"), ev(11)] and state.phase is Phase.LIVE
+    assert state.from_live([ev(12, "training_complete")]) and state.from_log([]) == [] and state.done
+    finished = StreamState(after_id=5)
+    assert finished.start([], ev(5, "training_complete")) == [] and finished.done  # it has it all
 
 
 def test_stream_replay_with_a_terminal_event_in_the_middle_ends_at_the_last_one(runs_root: Path) -> None:
@@ -206,14 +277,15 @@ def test_stream_replay_with_a_terminal_event_in_the_middle_ends_at_the_last_one(
 
 
 def test_sse_frames_write_a_burst_at_once_and_heartbeats_between() -> None:
-    from trackbridge.web.sse import HEARTBEAT, format_event, frames
+    from trackbridge.web.sse import HEARTBEAT, frame, frames
 
     first, second, third = ({"id": i, "type": "epoch_end", "run_id": "r1"} for i in (1, 2, 3))
     chunks = list(frames([first, second, EventStream.IDLE, None, third, EventStream.IDLE]))
-    assert chunks == [format_event(first) + format_event(second), HEARTBEAT, format_event(third)]
-    assert format_event(first) == b'id: 1\ndata: {"id": 1, "type": "epoch_end", "run_id": "r1"}\n\n'
+    assert chunks == [frame([first, second]), HEARTBEAT, frame([third])]
+    assert frame([first]) == b'id: 1\ndata: {"id": 1, "type": "epoch_end", "run_id": "r1"}\n\n'
+    assert frame(None) == HEARTBEAT
     same_id_other_content = {"id": 1, "type": "epoch_end", "run_id": "r2"}
-    assert b'"r2"' in format_event(same_id_other_content)  # the cache is by object, not by id
+    assert b'"r2"' in frame([same_id_other_content])  # the cache is by object, not by id
 
 
 def test_file_source_last_id_reads_the_tail_of_a_long_log(runs_root: Path) -> None:

@@ -12,7 +12,9 @@ import httpx
 import pytest
 
 from conftest import MlflowServer, run_cli
-from web_clients import ServeProcess, epoch_metrics, file_events, read_sse, read_ws
+from web_clients import (
+    EVIL, ServeProcess, assert_rebinding_refused, epoch_metrics, file_events, get_raw, live_run, read_sse, read_ws,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -154,6 +156,13 @@ def test_mlflow_server_plugin_serves_health_rest_and_the_stream_on_one_port(
             assert client.get("/api/training/nope/stream").json()["status"] == 404
         events, others = read_ws(f"{ws_base}/api/training/{RUN_ID}/ws", timeout=60)
         assert events == file_events(mirrored, RUN_ID), others
+        # DNS rebinding (no token set): the live API refuses a foreign Host; so does MLflow, by its own rule
+        if not (mirrored / f"live-{mode}").exists():
+            live_run(mirrored, f"live-{mode}")
+        assert_rebinding_refused(
+            server.port, mirrored, "/trackbridge/", done=RUN_ID, live=f"live-{mode}", ours=mode == "uvicorn"
+        )
+        assert get_raw(server.port, "/api/2.0/mlflow/experiments/search?max_results=1", f"{EVIL}:{server.port}")[0] == 403
         if mode == "uvicorn":
             _watch_a_live_training(mirrored, server.url, tmp_path)
             _stop_with_a_stream_open(mirrored, server)

@@ -68,5 +68,5 @@ def tiny_trainer(callbacks, max_epochs: int = 3, **kwargs) -> pl.Trainer:
         log_every_n_steps=2,
         accelerator="cpu",
     )
-    options.update(kwargs)  # a test may log every step, say
+    options.update(kwargs)
     return pl.Trainer(max_epochs=max_epochs, callbacks=callbacks, **options)

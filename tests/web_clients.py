@@ -51,7 +51,7 @@ class ServeProcess:
         self.log = log or runs_root.parent / f"serve-{self.port}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trackbridge", "serve", "--port", str(self.port), "--runs-root", str(runs_root),
-             "--threads", "512", *extra_args],
+             *extra_args],
             stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, env=_env(**(env or {})), start_new_session=True,
         )
         try:
@@ -192,3 +192,115 @@ def epoch_metrics(runs_root: Path, run_id: str) -> list[dict[str, Any]]:
     """metrics.json as the ``metrics`` of epoch_end events: each record without epoch and time."""
     records = json.loads((runs_root / run_id / "metrics.json").read_text())["epochs"]
     return [{k: v for k, v in r.items() if k not in ("epoch", "time")} for r in records]
+
+
+# -- raw sockets: clients that lie ---------------------------------------------------------------
+def raw_http(port: int, request: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` byte for byte; (status, headers, body) of the answer, read until the server closes."""
+    import socket as socket_module
+
+    with socket_module.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(headers.get("content-length", "-1"))
+        while length < 0 or len(body) < length:
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            body += chunk
+        return int(lines[0].split()[1]), headers, body
+
+
+def live_run(runs_root: Path, run_id: str, **fields: Any) -> Path:
+    """A run recorded ``running`` by a process that is alive: this test process (same boot and pid namespace)."""
+    from trackbridge.record import RunDirectory
+    from trackbridge.record.liveness import ProcessIdentity
+
+    run_dir = RunDirectory(runs_root, run_id)
+    run_dir.create({"task": "regression"})
+    run_dir.update_run(status="running", **{**ProcessIdentity.current().as_fields(), **fields})
+    return run_dir.path
+
+
+def finished_run(runs_root: Path, run_id: str, status: str = "completed") -> Path:
+    """A finished run with a few events, written with the record's own API."""
+    from trackbridge.events import EventEmitter, EventLog
+    from trackbridge.record import RunDirectory
+
+    run_dir = RunDirectory(runs_root, run_id)
+    run_dir.create({"task": "regression"})
+    run_dir.update_run(status=status)
+    run_dir.write_metrics([{"epoch": 1, "val_loss": 1.5, "time": "2026-01-01T00:00:00Z"}])
+    emitter = EventEmitter(EventLog(run_dir.events_jsonl), run_id)
+    emitter.emit("run_started", max_epochs=1)
+    emitter.emit("epoch_end", epoch=1, max_epochs=1, metrics={"val_loss": 1.5})
+    emitter.emit({"completed": "training_complete", "failed": "training_failed", "stopped": "training_stopped"}[status])
+    return run_dir.path
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children, MB."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+
+
+# -- DNS rebinding ----------------------------------------------------------------------------------
+EVIL = "evil.example"
+
+
+def get_raw(port: int, path: str, host: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    extra = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
+    return raw_http(port, f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode())
+
+
+def post_raw(port: int, path: str, host: str, body: bytes = b"", **headers: str) -> tuple[int, dict[str, str], bytes]:
+    extra = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    return raw_http(port, head.encode() + body)
+
+
+def ws_status(port: int, path: str, host: str, origin: str | None) -> int:
+    """The status a WebSocket handshake gets (101 when accepted)."""
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    origin_line = f"Origin: {origin}\r\n" if origin else ""
+    status, _, _ = raw_http(port, (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{origin_line}Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode(), timeout=5)
+    return status
+
+
+def assert_rebinding_refused(
+    port: int, root: Path, page: str, done: str = "done", live: str = "live", *, ours: bool = True
+) -> None:
+    """Host evil.example with a matching Origin: 403 JSON on GET, POST stop, the WebSocket and the page.
+
+    ``ours=False``: someone answers first (MLflow's own Host check on its Flask app, in gunicorn mode):
+    a 403 all the same, in MLflow's words.
+    """
+    origin = f"http://{EVIL}:{port}"
+    host = f"{EVIL}:{port}"
+    for path in ("/api/runs", f"/api/runs/{done}", f"/api/runs/{done}/metrics", f"/api/runs/{done}/media",
+                 f"/api/runs/{done}/system", f"/api/training/{done}/stream", page, f"{page}runs/{done}",
+                 f"{page}assets/dashboard.js", "/api/runs/nope/x"):
+        status, headers, body = get_raw(port, path, host, Origin=origin)
+        assert status == 403, (path, status, body[:200])
+        if ours:
+            assert headers["content-type"].startswith("application/json") and "not allowed" in json.loads(body)["error"]
+    status, _, body = post_raw(port, f"/api/runs/{live}/stop", host, Origin=origin)
+    assert status == 403, body
+    assert ws_status(port, f"/api/training/{done}/ws", host, origin) == 403
+    assert not (root / live / "stop-request.json").exists()

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from .record.ids import validate_run_id
+from .record.liveness import default_stale_after_s
 from .tasks import MODES, TaskSpec, get_task
 
 MIRROR_CHECKPOINTS = ("best_last", "none")
@@ -44,9 +45,17 @@ class TrackingConfig:
     register_alias: str = "champion"
     mirror_checkpoints: str = "best_last"
     flush_timeout_s: float = 30.0
-    # Live progress
+    # Live progress and liveness (DESIGN §2)
     progress_interval_s: float = 1.0
     heartbeat_interval_s: float = 15.0
+    stale_after_s: float | None = None  # None: $TRACKBRIDGE_STALE_AFTER_S, else 120
+    # System metrics (system.jsonl, MLflow system/...): seconds between samples, 0 turns them off
+    system_metrics_interval_s: float = 10.0
+    # Media (issue 12): task figures every n validation epochs (0 = none), budgets
+    media_every_n_epochs: int = 1
+    media_samples: int = 8
+    media_max_side: int = 1024
+    media_max_bytes: int = 200 * 2**20
 
     def __post_init__(self) -> None:
         spec = get_task(self.task)
@@ -75,8 +84,20 @@ class TrackingConfig:
         if self.progress_interval_s <= 0:
             raise ValueError(f"`progress_interval_s` must be > 0, got {self.progress_interval_s}")
         if not 0 < self.heartbeat_interval_s <= 30:
-            # a reader on another host calls a run dead after TRACKBRIDGE_STALE_AFTER_S without a beat
+            # a reader on another host calls a run dead after stale_after_s without a beat
             raise ValueError(f"`heartbeat_interval_s` must be in (0, 30], got {self.heartbeat_interval_s}")
+        if self.stale_after_s is None:
+            object.__setattr__(self, "stale_after_s", default_stale_after_s())
+        elif not self.stale_after_s > 0:
+            raise ValueError(f"`stale_after_s` must be > 0 seconds, got {self.stale_after_s}")
+        if self.system_metrics_interval_s < 0:
+            raise ValueError(
+                f"`system_metrics_interval_s` must be >= 0 (0 turns system metrics off), got {self.system_metrics_interval_s}"
+            )
+        _check_int(self, "media_every_n_epochs", 0, "0 (no task figures) or a positive number of epochs")
+        _check_int(self, "media_samples", 1, "a positive number of validation images per grid")
+        _check_int(self, "media_max_side", 64, "at least 64 pixels")
+        _check_int(self, "media_max_bytes", 1, "a positive number of bytes")
         if self.resume and self.run_id is None:
             raise ValueError("`resume=True` needs the `run_id` of the run to resume")
         for key in self.tags:
@@ -87,6 +108,17 @@ class TrackingConfig:
             self, "hyperparameters", MappingProxyType(dict(self.hyperparameters))
         )
         object.__setattr__(self, "tags", MappingProxyType({k: str(v) for k, v in self.tags.items()}))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The frozen mapping does not pickle (ddp_spawn pickles the whole stack): travel as a dict.
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        state["hyperparameters"] = dict(self.hyperparameters)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "hyperparameters", MappingProxyType(dict(state.get("hyperparameters") or {})))
 
     @property
     def task_spec(self) -> TaskSpec:
@@ -114,3 +146,11 @@ class TrackingConfig:
         data["monitor"] = self.resolved_monitor
         data["mode"] = self.resolved_mode
         return data
+
+
+def _check_int(config: TrackingConfig, name: str, minimum: int, what: str) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"`{name}` must be an integer ({what}), got {value!r}")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be {what}, got {value}")

@@ -1,21 +1,26 @@
 """Lightning callbacks: one per module; :func:`build_callbacks` assembles the stack."""
 
 from .json_metric_logger import JSONMetricLogger
+from .lightning_cli import LightningCLIConfig
+from .logger import TrackbridgeLogger
 from .run_status_updater import RunStatusUpdater
+from .session import RunSession
 from .sse_notifier import SSENotifier
 from .stack import CallbackStack, build_callbacks
-from .step_metrics import StepMetricsLogger, StepMetricsRecorder
 from .stop_request import StopRequestWatcher
+from .system_metrics import SystemMetricsSampler
 from .training_log import TrainingLogFile
 
 __all__ = [
     "CallbackStack",
     "JSONMetricLogger",
+    "LightningCLIConfig",
+    "RunSession",
     "RunStatusUpdater",
     "SSENotifier",
-    "StepMetricsLogger",
-    "StepMetricsRecorder",
     "StopRequestWatcher",
+    "SystemMetricsSampler",
+    "TrackbridgeLogger",
     "TrainingLogFile",
     "build_callbacks",
 ]

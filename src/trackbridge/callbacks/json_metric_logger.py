@@ -1,52 +1,71 @@
-"""JSONMetricLogger: epoch records → metrics.json, rewritten atomically each epoch."""
+"""JSONMetricLogger: epoch records → metrics.json, rewritten atomically by the run's writer thread."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 
-from ..record.jsonio import read_json, write_json_atomic
-from .run_state import epoch_record, mark_epoch_start
+from .guard import tracking_hook
+from .run_status_updater import END_FLUSH_S
+from .session import RunSession
 
 
 class JSONMetricLogger(pl.Callback):
-    """Write per-epoch metrics to ``output_path`` as ``{"epochs": [record, ...]}``.
+    """Write per-epoch metrics to ``output_path`` as ``{"epochs": [record, ...], "stages": [...]}``.
 
-    Steps are monotonic (DESIGN §6): a resumed run keeps every record it has
-    and appends only epochs past the last one recorded, so metrics.json keeps
-    exactly one record per epoch and never rewrites history MLflow holds.
+    History is never rewritten (DESIGN §6): a resumed run keeps the records
+    it had and adds only epochs past the last one recorded. A validate or test
+    stage after fit adds ``{"stage", "epoch", "metrics", "time"}`` to
+    ``stages``. ``session``: the stack's (made here when None).
     """
 
-    def __init__(self, output_path: str | os.PathLike[str]) -> None:
+    def __init__(self, output_path: str | os.PathLike[str], *, session: RunSession | None = None) -> None:
         self.output_path = Path(output_path)
-        self.epochs: list[dict[str, Any]] = []
+        self.session = session or RunSession(None, metrics_path=self.output_path)
 
+    @tracking_hook
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.session.setup(trainer)
+        if self.session.metrics_path is not None:
+            self.output_path = self.session.metrics_path
+
+    @tracking_hook
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        try:
-            previous = read_json(self.output_path).get("epochs", [])
-        except FileNotFoundError:
-            previous = []
-        self.epochs = list(previous)
-        if not self.output_path.exists():
-            self._write()
+        writer = self.session.writer
+        if writer is not None and not self.output_path.exists():
+            writer.write_metrics()  # readers find an empty history from the start
 
+    @tracking_hook
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        mark_epoch_start(trainer)
+        self.session.epoch_started(trainer)
 
+    @tracking_hook
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        record = epoch_record(trainer)
-        if self.epochs and record["epoch"] <= self.epochs[-1].get("epoch", 0):
-            return  # re-run after a resume from an older checkpoint: the first record stays
-        self.epochs.append(record)
-        self._write()
+        writer = self.session.writer
+        record = self.session.epoch_record(trainer)
+        if writer is not None and record is not None:
+            writer.epoch(record)
 
-    def _write(self) -> None:
-        self.output_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.output_path, {"epochs": self.epochs})
+    @tracking_hook
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._record_stage(trainer, "validate")
+
+    @tracking_hook
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record_stage(trainer, "test")
+
+    def _record_stage(self, trainer: pl.Trainer, stage: str) -> None:
+        writer = self.session.writer
+        if writer is not None:
+            writer.stage(self.session.stage_record(trainer, stage))
+
+    @tracking_hook
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.session.flush(END_FLUSH_S)
+
+    @tracking_hook
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.session.flush(END_FLUSH_S)

@@ -1,6 +1,8 @@
-"""MLflowMirror: the run's record, params, tags, datasets, artifacts and status → MLflow, off the training thread.
+"""MLflowMirror: the run's record, params, tags, datasets, images, artifacts and status → MLflow, off the training thread.
 
-The callback only decides *when*: each hook hands an item to the run's
+The callback only decides *when*: the run's writer thread hands over what it
+wrote (step lines, epoch records, stages, system samples; the media thread,
+images), and each goes to the run's
 :class:`~trackbridge.mirror.worker.MirrorWorker`, which owns every MLflow
 call through the run's :class:`~trackbridge.mirror.writer.RunWriter`.
 Training never waits on MLflow, and an MLflow outage never fails it.
@@ -10,8 +12,8 @@ to deliver the rest (last points, checkpoints, metrics.json, run.json,
 training.log, the status, a registration), with the requests overlapped;
 whatever does not make it is left in run.json's cursor for ``trackbridge sync``.
 A ``validate``/``test`` stage after fit gets a worker of its own that sends
-the stage's metrics (at step = the last fit epoch) and leaves the MLflow
-status as fit set it.
+the stage's metrics (at step = the last fit epoch) and its dataset, and
+leaves the MLflow status as fit set it.
 """
 
 from __future__ import annotations
@@ -27,38 +29,38 @@ from ..config import TrackingConfig
 from ..mirror.conventions import active_run, context_tags
 from ..mirror.cursor import Cursor
 from ..mirror.datasets import describe_datasets
-from ..mirror.mapping import CONFIG_YAML, FINAL_ARTIFACTS, mlflow_status
+from ..mirror.mapping import FINAL_ARTIFACTS, mlflow_status
 from ..mirror.registry import class_path
+from ..mirror.uri import resolve_tracking_uri
 from ..mirror.worker import MirrorWorker, end_ms_now
 from ..mirror.writer import RunWriter, spec_for
 from ..record.jsonio import read_json, to_jsonable
 from ..record.run_dir import RunDirectory
 from ..record.status import RunStatus
-from .run_state import epoch_record, mark_epoch_start, run_outcome
-from .step_metrics import StepMetricsLogger
+from .guard import tracking_hook
+from .session import RunSession
 
 log = logging.getLogger("trackbridge.mirror")
 
 # How long a DDP rank zero waits in setup for the MLflow run id it broadcasts.
 DDP_RUN_ID_WAIT_S = 10.0
 STAGES = ("validate", "test")
+# What the run's writer thread hands over once written, and the worker method that takes it.
+SUBSCRIPTIONS = (("epoch", "log_epoch"), ("stage", "log_stage"), ("system", "log_system"))
 
 
 class MLflowMirror(pl.Callback):
-    """Mirror the run of ``run_dir`` into MLflow as ``config`` says (DESIGN §6).
+    """Mirror the run of ``session`` into MLflow as ``config`` says (DESIGN §6).
 
-    ``step_logger`` is the stack's steps.jsonl logger: each step line it
-    writes is mirrored too, at ``step = global step``. :attr:`mlflow_run_id`
+    The run's writer thread hands over what it wrote: each step line is
+    mirrored too, at ``step = global step``. :attr:`mlflow_run_id`
     is the MLflow run's id once known; in a DDP run every rank gets it from
     rank zero in ``setup``, and only rank zero talks to MLflow.
     """
 
-    def __init__(
-        self, config: TrackingConfig, run_dir: RunDirectory, step_logger: StepMetricsLogger | None = None
-    ) -> None:
+    def __init__(self, config: TrackingConfig, session: RunSession) -> None:
         self.config = config
-        self.run_dir = run_dir
-        self.step_logger = step_logger
+        self.session = session
         self.worker: MirrorWorker | None = None
         self.delivered: bool | None = None  # after fit: did everything reach MLflow in time?
         self._broadcast_run_id: str | None = None
@@ -72,19 +74,49 @@ class MLflowMirror(pl.Callback):
         return self._broadcast_run_id
 
     @property
+    def run_dir(self) -> RunDirectory:
+        assert self.session.run_dir is not None
+        return self.session.run_dir
+
+    @property
     def tracking_uri(self) -> str | None:
-        return self.worker.tracking_uri if self.worker is not None else None
+        return self.worker.tracking_uri if self.worker is not None else resolve_tracking_uri(self.config.tracking_uri)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config, "session": self.session}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["config"], state["session"])  # type: ignore[misc]
+
+    # -- what the Lightning logger asks ------------------------------------------------------
+    def wait_for_run_id(self, timeout: float) -> str | None:
+        """The MLflow run id, waiting up to ``timeout`` s for the worker's first connection."""
+        if self.worker is not None:
+            return self.worker.wait_for_run_id(timeout) or self._broadcast_run_id
+        return self.mlflow_run_id
+
+    def upload(self, relpath: str) -> None:
+        """Upload ``run_dir/relpath`` as an artifact at the same path (e.g. config.yaml)."""
+        if self.worker is not None:
+            self.worker.upload(relpath)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Params logged by ``logger.log_hyperparams`` at any time (new keys reach MLflow)."""
+        if self.worker is not None:
+            self.worker.log_params(params)
 
     # -- lifecycle -------------------------------------------------------------
+    @tracking_hook
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" and (stage not in STAGES or self._fitting):
             return
+        self.session.setup(trainer)
         if trainer.is_global_zero:
             self._fitting = stage == "fit"
+            self.session.mirror = self
             self.worker = self._make_worker(trainer, pl_module, fit=self._fitting)
             self.worker.start()
-            if self._fitting and self.step_logger is not None and self._on_step not in self.step_logger.listeners:
-                self.step_logger.listeners.append(self._on_step)
+            self._subscribe()
         if stage == "fit" and trainer.world_size > 1:
             # Every rank learns the run id; the wait is bounded and happens once, before training.
             if self.worker is not None:
@@ -99,7 +131,7 @@ class MLflowMirror(pl.Callback):
         return MirrorWorker(
             RunWriter(self.run_dir, spec),
             flush_timeout_s=self.config.flush_timeout_s,
-            context_tags=context_tags if fit else None,
+            context_tags=context_tags if fit else None,  # a stage after fit keeps the run's
             mark_running=fit,
         )
 
@@ -109,69 +141,99 @@ class MLflowMirror(pl.Callback):
         if active is None:
             return
         run_id, uri = active
-        cursor = Cursor(self.run_dir).read()
-        if cursor["run_id"] == run_id:
+        cursor = Cursor(self.run_dir)
+        if cursor.read()["run_id"] == run_id:
             return
         if self.config.tracking_uri and self.config.tracking_uri != uri:
             log.warning("the active MLflow run %s is on %s, the config names %s: not adopting it",
                         run_id, uri, self.config.tracking_uri)
             return
-        Cursor(self.run_dir).update(run_id=run_id, adopted=True, tracking_uri=uri, experiment=None,
-                                    experiment_id=None)
+        cursor.update(run_id=run_id, adopted=True, tracking_uri=uri, experiment=None, experiment_id=None)
 
+    def _subscribe(self) -> None:
+        """The mirror gets what the local record holds, once it holds it (never what it does not)."""
+        writer = self.session.writer
+        if writer is not None:
+            writer.subscribe("steps", self._on_steps)
+            for kind, method in SUBSCRIPTIONS:
+                writer.subscribe(kind, getattr(self.worker, method))
+        media = getattr(self.session, "media", None)
+        if media is not None and hasattr(media, "mirror_hook"):
+            media.mirror_hook = self.worker.log_media  # type: ignore[union-attr]  # after its line is written
+
+    def _unsubscribe(self, worker: MirrorWorker) -> None:
+        writer = self.session.writer
+        if writer is not None:
+            writer.unsubscribe("steps", self._on_steps)
+            for kind, method in SUBSCRIPTIONS:
+                writer.unsubscribe(kind, getattr(worker, method))
+        media = getattr(self.session, "media", None)
+        if media is not None and getattr(media, "mirror_hook", None) == worker.log_media:
+            media.mirror_hook = None
+
+    @tracking_hook
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.worker is None:
             return
-        self.worker.log_inputs(describe_datasets(getattr(trainer, "datamodule", None), _loaders(trainer, "fit")))
-        config_yaml = self.run_dir.path / CONFIG_YAML
-        if config_yaml.is_file():
-            self.worker.upload(CONFIG_YAML)
-            self.worker.log_params(_yaml_params(config_yaml))
+        datamodule = getattr(trainer, "datamodule", None)
+        self.worker.log_inputs(describe_datasets(datamodule, _loaders(trainer, "fit")))
+        self.session.flush(2.0)  # params and a config file recorded in setup are in run.json now
+        run = self.run_dir.read_run()
+        self.worker.log_params(run.get("logged_hyperparameters") or {})
+        if run.get("config_file") and (self.run_dir.path / run["config_file"]).is_file():
+            self.worker.upload(run["config_file"])
         self._mtimes = {path: _mtime(self.run_dir.path / path) for path in self._checkpoint_paths()}
 
+    @tracking_hook
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        mark_epoch_start(trainer)
+        self.session.epoch_started(trainer)
 
+    @tracking_hook
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.worker is None:
             return
-        # an epoch the record already holds (a resumed run) is dropped by the worker: steps are monotonic
-        self.worker.log_epoch(epoch_record(trainer))
         self._upload_changed_checkpoints()
 
+    @tracking_hook
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.worker is None or not self._fitting:
             return
-        status, _ = run_outcome(trainer)
+        status, _ = self.session.outcome()
+        self.session.flush()  # the last step lines reach the worker through the writer
         self._finish(status, pl_module)
 
+    @tracking_hook
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self.worker is None or not self._fitting or not self.worker.alive:
             return
-        status, error = run_outcome(trainer, exception)
+        status, error = self.session.outcome(exception)
+        self.session.flush()
         self._finish(status, pl_module, error)
 
+    @tracking_hook
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         worker = self.worker
-        if worker is not None and worker.alive:
+        if worker is None:
+            return
+        if worker.alive:
             if stage in STAGES and not self._fitting:
                 self._finish_stage(trainer, stage)
             else:  # fit ended without on_train_end/on_exception
                 worker.close(self.config.flush_timeout_s)
         if stage == "fit":
             self._fitting = False
-        if self.step_logger is not None and self._on_step in self.step_logger.listeners:
-            self.step_logger.listeners.remove(self._on_step)
+        self._unsubscribe(worker)
 
     def _finish_stage(self, trainer: pl.Trainer, stage: str) -> None:
-        """A validate/test after fit: its stage entries (written by now), its dataset, the files; no status."""
+        """A validate/test after fit: its stage entry (written by now), its dataset, the files; no status."""
         worker = self.worker
         assert worker is not None
+        self.session.flush()
         try:
             stages = read_json(self.run_dir.metrics_json).get("stages") or []
         except (FileNotFoundError, ValueError):
             stages = []
-        for entry in stages:  # the worker sends the ones MLflow lacks
+        for entry in stages:  # handed over by the writer too: the worker takes each once
             worker.log_stage(entry)
         context = "test" if stage == "test" else "validation"
         datasets = [d for d in describe_datasets(getattr(trainer, "datamodule", None), _loaders(trainer, stage))
@@ -182,9 +244,10 @@ class MLflowMirror(pl.Callback):
         worker.close(self.config.flush_timeout_s)
 
     # -- what goes to the worker ---------------------------------------------
-    def _on_step(self, line: dict[str, Any]) -> None:
+    def _on_steps(self, lines: list[dict[str, Any]]) -> None:
         if self.worker is not None:
-            self.worker.log_step(line)
+            for line in lines:
+                self.worker.log_step(line)
 
     def _checkpoint_paths(self) -> list[str]:
         if self.config.mirror_checkpoints == "none":
@@ -230,18 +293,6 @@ def _loaders(trainer: pl.Trainer, stage: str) -> dict[str, Any]:
         if loader is not None:
             loaders[context] = loader
     return loaders
-
-
-def _yaml_params(path: Path) -> dict[str, Any]:
-    """A LightningCLI config file's values (nested; the worker flattens them)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        log.warning("cannot read %s for MLflow params: %s", path, exc)
-        return {}
-    return to_jsonable(data) if isinstance(data, dict) else {}
 
 
 def _model_hparams(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:

@@ -11,18 +11,20 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from ..events.emitter import EventEmitter, EventSink
 from ..events.types import EventType, terminal_event_type
-from .run_state import epoch_record, mark_epoch_start, metrics_of, run_outcome
+from .guard import tracking_hook
+from .session import RunSession, metrics_of
 
 
 class SSENotifier(pl.Callback):
     """Push training events to ``event_queue`` for live GUI updates.
 
-    ``event_queue`` is anything with ``.put(event)``: a ``queue.Queue``, or the
-    run's :class:`~trackbridge.events.EventLog` (events.jsonl + in-process
-    broker) as :func:`~trackbridge.build_callbacks` wires it. Events are
-    numbered from ``first_id`` (a resumed run continues its sequence). A
-    ``progress`` event is sent during an epoch at most every
-    ``progress_interval_s`` seconds.
+    ``event_queue`` is anything with ``.put(event)``: a ``queue.Queue``, or
+    the session's event channel as :func:`~trackbridge.build_callbacks` wires
+    it (the run's writer thread appends to events.jsonl, which numbers the
+    events without a gap, then fans them out in-process). Events are
+    numbered from ``first_id``. A ``progress`` event is sent during an epoch
+    at most every ``progress_interval_s`` seconds. A validate or test stage
+    after fit sends ``stage_end`` (``stage``, ``epoch``, ``metrics``).
     """
 
     def __init__(
@@ -32,6 +34,7 @@ class SSENotifier(pl.Callback):
         *,
         first_id: int = 1,
         progress_interval_s: float = 1.0,
+        session: RunSession | None = None,
     ) -> None:
         if not callable(getattr(event_queue, "put", None)):
             raise TypeError(f"`event_queue` needs a .put(event) method, got {type(event_queue).__name__}")
@@ -40,6 +43,7 @@ class SSENotifier(pl.Callback):
         if progress_interval_s <= 0:
             raise ValueError(f"`progress_interval_s` must be > 0, got {progress_interval_s}")
         self.event_queue = event_queue
+        self.session = session or RunSession(None)
         self.emitter = EventEmitter(event_queue, run_id, first_id)
         self.progress_interval_s = progress_interval_s
         self._last_progress = 0.0
@@ -47,6 +51,7 @@ class SSENotifier(pl.Callback):
         self._epoch_durations: list[float] = []
         self._saved: dict[str, int] = {}
         self._ended = False
+        self._started = False
 
     @property
     def run_id(self) -> str | None:
@@ -56,10 +61,16 @@ class SSENotifier(pl.Callback):
         return self.emitter.emit(event_type, **fields)
 
     # -- hooks -------------------------------------------------------------
+    @tracking_hook
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.session.setup(trainer)
+
+    @tracking_hook
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         self._ended = False
+        self._started = True
         self._saved = {path: _mtime(path) for path in _checkpoint_paths(trainer)}
         self.emit(
             EventType.RUN_STARTED,
@@ -69,8 +80,9 @@ class SSENotifier(pl.Callback):
         )
         self.emit(EventType.STATUS, status="running")
 
+    @tracking_hook
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        mark_epoch_start(trainer)
+        self.session.epoch_started(trainer)
         if trainer.is_global_zero:
             self._emit_checkpoints(trainer)
         self._epoch_started = time.monotonic()
@@ -79,11 +91,14 @@ class SSENotifier(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not trainer.is_global_zero:
-            return
+        # The hot path: one clock read per batch; the rest at most once per progress interval.
         now = time.monotonic()
-        if now - self._last_progress < self.progress_interval_s:
+        if now - self._last_progress < self.progress_interval_s or not trainer.is_global_zero:
             return
+        self._progress(trainer, batch_idx, now)
+
+    @tracking_hook
+    def _progress(self, trainer: pl.Trainer, batch_idx: int, now: float) -> None:
         self._last_progress = now
         total = _total_batches(trainer)
         done = batch_idx + 1
@@ -100,10 +115,13 @@ class SSENotifier(pl.Callback):
             eta_s=self._run_eta(trainer, epoch_eta),
         )
 
+    @tracking_hook
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        record = epoch_record(trainer)
+        record = self.session.epoch_record(trainer)
+        if record is None:
+            return
         self._epoch_durations.append(record["duration_s"])
         self.emit(
             EventType.EPOCH_END,
@@ -112,23 +130,39 @@ class SSENotifier(pl.Callback):
             metrics=metrics_of(record),
         )
 
+    @tracking_hook
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             self._emit_checkpoints(trainer)
             self._end(trainer, None)
 
+    @tracking_hook
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and self._started:
             self._end(trainer, exception)
 
+    @tracking_hook
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._stage_end(trainer, "validate")
+
+    @tracking_hook
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stage_end(trainer, "test")
+
     # -- helpers -----------------------------------------------------------
+    def _stage_end(self, trainer: pl.Trainer, stage: str) -> None:
+        if trainer.is_global_zero:
+            record = self.session.stage_record(trainer, stage)
+            self.emit(EventType.STAGE_END, stage=stage, epoch=record["epoch"], metrics=record["metrics"])
+
     def _end(self, trainer: pl.Trainer, exception: BaseException | None) -> None:
         if self._ended:  # exactly one terminal event per run
             return
         self._ended = True
-        status, error = run_outcome(trainer, exception)
+        status, error = self.session.outcome(exception)
         fields: dict[str, Any] = {"status": status.value}
         if error is not None:
             fields["error"] = error

@@ -10,37 +10,64 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ..config import TrackingConfig
-from ..events.broker import default_broker
 from ..events.lifecycle import mark_dead_runs
-from ..events.log import EventLog
 from ..record.ids import new_run_id
 from ..record.run_dir import RunDirectory, RunExistsError, RunNotFoundError
 from ..record.status import RunStatus
 from .checkpoints import best_checkpoint, last_checkpoint
+from .clock import RunClock
+from .composite import TrackbridgeCallback
+from .input_example import InputExampleRecorder
 from .json_metric_logger import JSONMetricLogger
+from .logger import LoggerAttacher, TrackbridgeLogger
+from .media_recorder import MediaRecorder
 from .run_status_updater import RunStatusUpdater
+from .session import RunSession
 from .sse_notifier import SSENotifier
-from .step_metrics import StepMetricsRecorder
 from .stop_request import StopRequestWatcher
+from .system_metrics import SystemMetricsSampler
 from .training_log import TrainingLogFile
 
 
 class CallbackStack(list):
-    """The list of callbacks for ``Trainer(callbacks=...)``, plus the run it records."""
+    """The list of callbacks for ``Trainer(callbacks=...)``, plus the run it records.
 
-    def __init__(self, callbacks: list[pl.Callback], config: TrackingConfig) -> None:
+    The list holds trackbridge's parts behind one :class:`TrackbridgeCallback`
+    (see :mod:`.composite` for why), EarlyStopping and the two
+    ModelCheckpoints. ``stack.parts`` lists every callback of DESIGN §3 the
+    stack runs; ``stack.logger`` is the run's Lightning logger
+    (``Trainer(logger=stack.logger)``); ``stack.session`` what they share.
+    """
+
+    def __init__(
+        self, callbacks: list[pl.Callback], config: TrackingConfig, session: RunSession, logger: TrackbridgeLogger
+    ) -> None:
         super().__init__(callbacks)
         self.config = config
-        self._watcher = next(cb for cb in callbacks if isinstance(cb, StopRequestWatcher))
+        self.session = session
+        self.logger = logger
+
+    @property
+    def parts(self) -> list[pl.Callback]:
+        """Every callback the stack runs, trackbridge's parts unfolded, in order."""
+        unfolded: list[pl.Callback] = []
+        for callback in self:
+            unfolded += callback.parts if isinstance(callback, TrackbridgeCallback) else [callback]
+        return unfolded
 
     @property
     def run_dir(self) -> RunDirectory:
         """The run's directory; on DDP ranks other than zero, right once ``fit`` has set up."""
-        return RunDirectory.from_file(self._watcher.request_path)
+        assert self.session.run_dir is not None
+        return self.session.run_dir
 
     @property
     def run_id(self) -> str:
         return self.run_dir.run_id
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Write what is left of the record and stop its thread (also done at interpreter exit)."""
+        return self.session.close(timeout)
 
 
 def build_callbacks(config: TrackingConfig) -> CallbackStack:
@@ -48,23 +75,59 @@ def build_callbacks(config: TrackingConfig) -> CallbackStack:
 
     Only global rank zero touches the disk: in a DDP run launched as
     subprocesses the other ranks build the stack too, and must not create a
-    second run.
+    second run. The heartbeat starts now, so a run still ``pending`` (data
+    being prepared before ``fit``) is alive while its process lives.
     """
     if config.run_id is None:
         config = dataclasses.replace(config, run_id=new_run_id())
     run_dir = RunDirectory(config.runs_root, config.run_id)
+    session = RunSession(run_dir, config=config)
     if _is_global_zero():
-        _prepare(run_dir, config)
-        first_event_id = EventLog(run_dir.events_jsonl).last_id() + 1
+        _prepare(session, config)
     else:
-        first_event_id = 1
+        session.writes = False
+    first_event_id = session.writer.events.last_id() + 1 if session.writer is not None else 1
 
-    callbacks: list[pl.Callback] = [
-        TrainingLogFile(run_dir.training_log),
-        StopRequestWatcher(run_dir.stop_request),
-        StepMetricsRecorder(run_dir.steps_jsonl, run_dir.run_id),
+    logger = TrackbridgeLogger(session)
+    parts: list[pl.Callback] = [
+        RunClock(session),
+        InputExampleRecorder(session),
+        TrainingLogFile(run_dir.training_log, session=session),
+        StopRequestWatcher(run_dir.stop_request, session=session),
+        LoggerAttacher(logger),
         LearningRateMonitor(logging_interval="epoch"),
+        # before the writers of the terminal event, so the run's media are all in first
+        MediaRecorder(
+            run_dir.path,
+            config.task,
+            every_n_epochs=config.media_every_n_epochs,
+            samples=config.media_samples,
+            max_side=config.media_max_side,
+            max_bytes=config.media_max_bytes,
+            session=session,
+        ),
+        # metrics.json first: the local record is written before any view of it
+        JSONMetricLogger(run_dir.metrics_json, session=session),
+        RunStatusUpdater(
+            run_dir.run_json,
+            monitor=config.resolved_monitor,
+            mode=config.resolved_mode,
+            heartbeat_interval_s=config.heartbeat_interval_s,
+            session=session,
+        ),
+        SSENotifier(
+            session.events,
+            run_dir.run_id,
+            first_id=first_event_id,
+            progress_interval_s=config.progress_interval_s,
+            session=session,
+        ),
     ]
+    if config.system_metrics_interval_s > 0:
+        parts.append(SystemMetricsSampler(session, config.system_metrics_interval_s))
+    if config.mlflow:
+        parts.append(_mlflow_mirror(config, session))
+    callbacks: list[pl.Callback] = [TrackbridgeCallback(parts)]
     if config.early_stopping_patience > 0:
         callbacks.append(
             EarlyStopping(
@@ -75,40 +138,23 @@ def build_callbacks(config: TrackingConfig) -> CallbackStack:
                 verbose=True,
             )
         )
-    callbacks += [
-        # metrics.json first: the local record is written before any view of it
-        JSONMetricLogger(run_dir.metrics_json),
-        RunStatusUpdater(
-            run_dir.run_json,
-            monitor=config.resolved_monitor,
-            mode=config.resolved_mode,
-            heartbeat_interval_s=config.heartbeat_interval_s,
-        ),
-        SSENotifier(
-            EventLog(run_dir.events_jsonl, broker=default_broker()),
-            run_dir.run_id,
-            first_id=first_event_id,
-            progress_interval_s=config.progress_interval_s,
-        ),
-    ]
-    if config.mlflow:
-        callbacks.append(_mlflow_mirror(config, run_dir, callbacks))
     # Lightning moves checkpoint callbacks last; the best one first keeps it trainer.checkpoint_callback.
     callbacks += [
         best_checkpoint(run_dir.checkpoints_dir, config.resolved_monitor, config.resolved_mode),
         last_checkpoint(run_dir.checkpoints_dir),
     ]
-    return CallbackStack(callbacks, config)
+    return CallbackStack(callbacks, config, session, logger)
 
 
-def _mlflow_mirror(config: TrackingConfig, run_dir: RunDirectory, callbacks: list[pl.Callback]) -> pl.Callback:
+def _mlflow_mirror(config: TrackingConfig, session: RunSession) -> pl.Callback:
     from .mlflow_mirror import MLflowMirror  # imports mlflow lazily, only when mirroring
 
-    step_recorder = next(cb for cb in callbacks if isinstance(cb, StepMetricsRecorder))
-    return MLflowMirror(config, run_dir, step_logger=step_recorder.logger)
+    return MLflowMirror(config, session)
 
 
-def _prepare(run_dir: RunDirectory, config: TrackingConfig) -> None:
+def _prepare(session: RunSession, config: TrackingConfig) -> None:
+    run_dir = session.run_dir
+    assert run_dir is not None
     if config.resume:
         if not run_dir.exists():
             raise RunNotFoundError(
@@ -125,8 +171,9 @@ def _prepare(run_dir: RunDirectory, config: TrackingConfig) -> None:
                 f"cannot resume run {run_dir.run_id!r}: it has no {run_dir.last_ckpt}"
             )
         run_dir.clear_stop_request()
+        session.writer  # noqa: B018 - the heartbeat of the reopened run
         return
-    run_dir.create(_run_fields(config))
+    session.create_run(_run_fields(config))
 
 
 def _run_fields(config: TrackingConfig) -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""``trackbridge serve``: the live API (and the dashboard) on a production server (gunicorn gthread)."""
+"""``trackbridge serve``: the live API and the dashboard on an asyncio server (uvicorn), one process."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import os
@@ -13,48 +14,95 @@ from .errors import usage_error
 from .options import resolve_runs_root, runs_root_option
 
 
-@click.command("serve")
+def _route_help() -> str:
+    from ..web.routes import ROUTES, Kind
+
+    lines = []
+    for route in ROUTES:
+        if route.group != "api":
+            continue
+        method = "WS  " if route.kind is Kind.WEBSOCKET else f"{route.methods[0]:<4}"
+        lines.append(f"  {method} {route.path:<38} {route.summary}")
+    return "\n".join(lines)
+
+
+class _ServeCommand(click.Command):
+    """Fills the route list into the help when it is shown (the table lives in the web layer)."""
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        help_text = self.help
+        self.help = (help_text or "").replace("{routes}", _route_help().replace("\n", "\n    ").lstrip())
+        try:
+            super().format_help_text(ctx, formatter)
+        finally:
+            self.help = help_text
+
+
+@click.command("serve", cls=_ServeCommand)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback exposes your runs: set TRACKBRIDGE_TOKEN.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True, help="Port to listen on.")
 @runs_root_option
-@click.option("--threads", type=click.IntRange(min=4), default=1024, show_default=True,
-              help="Concurrent requests per worker; each live stream or WebSocket holds one.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
 @click.option("--tracking-uri", metavar="URI",
               help="MLflow tracking URI for runs not readable from --runs-root. [default: $MLFLOW_TRACKING_URI, else none]")
-def command(host: str, port: int, runs_root: str | None, threads: int, workers: int, tracking_uri: str | None) -> None:
+@click.option("--allowed-hosts", metavar="HOSTS",
+              help="Comma-separated Host names (or fnmatch patterns, or '*') served besides localhost, 127.0.0.1, "
+                   "[::1] and the bind address. [default: $TRACKBRIDGE_ALLOWED_HOSTS]")
+@click.option("--max-streams", type=click.IntRange(min=1), default=None,
+              help="Open SSE streams and WebSockets at most; beyond, 503 with Retry-After. "
+                   "[default: $TRACKBRIDGE_MAX_STREAMS, else 10000, within the open-files limit]")
+@click.option("--max-body", "max_body_bytes", type=click.IntRange(min=1), default=1 << 20, show_default=True,
+              help="Largest request body in bytes; larger ones get 413 before they are read.")
+@click.option("--header-timeout", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
+              help="Seconds a connection may take to send its request headers before it is closed.")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="Log each request (tokens redacted).")
+def command(host: str, port: int, runs_root: str | None, tracking_uri: str | None, allowed_hosts: str | None,
+            max_streams: int | None, max_body_bytes: int, header_timeout: float, access_log: bool) -> None:
     """Serve the live API: SSE and WebSocket streams of runs, the runs list, stop and register.
 
     \b
     Routes:
-      GET  /api/runs                      runs, newest first, with MLflow UI links
-      GET  /api/runs/RUN_ID[/metrics]     run.json / metrics.json
-      POST /api/runs/RUN_ID/stop          stop a run at its next batch
-      POST /api/runs/RUN_ID/register      register its best.ckpt {"name": ..., "alias": ...}
-      GET  /api/training/RUN_ID/stream    server-sent events (Last-Event-ID resumes)
-      WS   /api/training/RUN_ID/ws        the same events; send {"type": "stop"} to stop
+    {routes}
 
     \b
-    Set TRACKBRIDGE_TOKEN to require 'Authorization: Bearer <token>' (or ?token=)
-    on every route, TRACKBRIDGE_CORS_ORIGINS to let other origins' pages call it.
+    Set TRACKBRIDGE_TOKEN to require 'Authorization: Bearer <token>' (or ?token=, which the dashboard
+    exchanges for a cookie) on every route, TRACKBRIDGE_CORS_ORIGINS to let other origins' pages call it.
     """
-    from ..web.app import create_app
-    from ..web.serve import serve, server_options
-    from ..web.settings import TOKEN_ENV
+    from ..web.api import LiveApi
+    from ..web.serve import serve, stream_capacity
+    from ..web.settings import TOKEN_ENV, WebSettings
 
     root = resolve_runs_root(runs_root)
     _check_port_free(host, port)
-    token = os.environ.get(TOKEN_ENV) or None
-    if token is None and not _is_loopback(host):
+    options = {"max_streams": max_streams} if max_streams is not None else {}
+    try:
+        settings = WebSettings.resolve(
+            root, tracking_uri=tracking_uri, allowed_hosts=_bind_hosts(host, allowed_hosts),
+            max_body_bytes=max_body_bytes, **options,
+        )
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
+    capacity = stream_capacity(settings.max_streams)
+    if capacity < settings.max_streams:
+        click.echo(f"warning: the open-files limit allows {capacity} streams, not {settings.max_streams}", err=True)
+        settings = dataclasses.replace(settings, max_streams=capacity)
+    if settings.token is None and not _is_loopback(host):
         click.echo(f"warning: listening on {host} with no {TOKEN_ENV}: anyone who can reach it can stop runs", err=True)
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"trackbridge serve: http://{shown}:{port}/  (runs root {os.path.abspath(root)}"
-               f"{', token required' if token else ''}; Ctrl-C stops)")
-    serve(
-        lambda: create_app(root, tracking_uri=tracking_uri),
-        server_options(host, port, threads=threads, workers=workers),
-    )
+               f"{', token required' if settings.token else ''}; Ctrl-C stops)")
+    serve(LiveApi(settings), host, port, access_log=access_log, header_timeout_s=header_timeout)
+
+
+def _bind_hosts(host: str, extra: str | None) -> str:
+    """--allowed-hosts (else TRACKBRIDGE_ALLOWED_HOSTS) plus the bind address itself."""
+    from ..web.settings import ALLOWED_HOSTS_ENV
+
+    hosts = extra if extra is not None else os.environ.get(ALLOWED_HOSTS_ENV, "")
+    if host not in ("0.0.0.0", "::", ""):
+        hosts = f"{hosts},{f'[{host}]' if ':' in host else host}"
+    return hosts
 
 
 def _is_loopback(host: str) -> bool:

@@ -30,6 +30,7 @@ from .options import resolve_runs_root, runs_root_option
 @click.option("--description", metavar="TEXT", help="The MLflow run's description.")
 @click.option("--register-model", metavar="NAME", help="Register the best checkpoint as a version of model NAME.")
 @click.option("--no-mlflow", is_flag=True, help="Keep only the local record; do not mirror to MLflow.")
+@click.option("--test", "run_test", is_flag=True, help="After training, evaluate on the reference test split.")
 def command(
     task: str | None,
     epochs: int | None,
@@ -45,6 +46,7 @@ def command(
     description: str | None,
     register_model: str | None,
     no_mlflow: bool,
+    run_test: bool,
 ) -> None:
     """Train the reference model of TASK with the full trackbridge stack.
 
@@ -54,6 +56,7 @@ def command(
     \b
     Examples:
       trackbridge train --task classification --epochs 3
+      trackbridge train --task segmentation --epochs 5 --test
       trackbridge train --task regression --run-id reg-1 --patience 0
       trackbridge train --resume reg-1 --epochs 8
     """
@@ -91,7 +94,7 @@ def command(
         raise usage_error(str(exc)) from None
     except ValueError as exc:
         raise usage_error(f"{exc} (see trackbridge train --help)") from None
-    _train(config, max_epochs or 5, seed)
+    _train(config, max_epochs or 5, seed, run_test)
 
 
 def _tags(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -114,7 +117,7 @@ def _resumable(root: str, run_id: str, task: str | None, epochs: int | None) -> 
     return run["task"], epochs or run.get("max_epochs")
 
 
-def _train(config, max_epochs: int, seed: int) -> None:
+def _train(config, max_epochs: int, seed: int, run_test: bool = False) -> None:
     import lightning.pytorch as pl
 
     from ..callbacks.stack import build_callbacks
@@ -151,6 +154,15 @@ def _train(config, max_epochs: int, seed: int) -> None:
         else "no best epoch"
     )
     click.echo(f"run {run_dir.run_id} {run['status']}: {run.get('epochs_done')} epochs, {best}")
+    if run_test and run["status"] != "completed":
+        click.echo(f"  no test: the run is {run['status']}")
+    elif run_test:
+        # The weights fit ended with, on the held-out split: test_loss and test_<metric>.
+        try:
+            trainer.test(module, datamodule=data)
+        except Exception as exc:
+            click.echo(f"run {run_dir.run_id} test failed: {type(exc).__name__}: {exc}", err=True)
+            raise SystemExit(1) from None
     click.echo(f"  files: {run_dir.path}")
     mlflow = run.get("mlflow") or {}
     if mlflow.get("url"):

@@ -2,6 +2,7 @@
 
 from .broker import EventBroker, Subscription, default_broker
 from .emitter import EventEmitter
+from .fanout import AsyncEventStream, AsyncFanout
 from .hub import EventHub
 from .lifecycle import mark_dead_runs
 from .log import EventLog, read_events
@@ -12,11 +13,13 @@ from .sources import (
     SourceUnavailableError,
     find_mlflow_run,
 )
-from .stream import EventStream
+from .stream import EventStream, StreamState
 from .types import TERMINAL_EVENT_TYPES, EventType, terminal_event_type
 
 __all__ = [
     "TERMINAL_EVENT_TYPES",
+    "AsyncEventStream",
+    "AsyncFanout",
     "EventBroker",
     "EventEmitter",
     "EventHub",
@@ -27,6 +30,7 @@ __all__ = [
     "FileEventSource",
     "MlflowEventSource",
     "SourceUnavailableError",
+    "StreamState",
     "Subscription",
     "default_broker",
     "find_mlflow_run",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 
 _END = object()  # put in a buffer by end(): wakes a reader blocked in get()
@@ -30,10 +30,16 @@ class Subscription:
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize)
 
     def offer(self, event: dict[str, Any]) -> None:
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
-            self.overflowed = True
+        self.offer_many((event,))
+
+    def offer_many(self, events: "Iterable[dict[str, Any]]") -> None:
+        """Buffer ``events`` (dropping, and marking :attr:`overflowed`, what does not fit), then wake once."""
+        for event in events:
+            try:
+                self._queue.put_nowait(event)
+            except queue.Full:
+                self.overflowed = True
+                break
         if self.waker is not None:
             self.waker()
 
@@ -110,10 +116,16 @@ class EventBroker:
 
     def publish(self, event: dict[str, Any], run_id: str | None = None) -> None:
         """Offer ``event`` to every subscriber of ``run_id`` (default: the event's ``run_id``)."""
+        self.publish_many([event], run_id or event.get("run_id") or "")
+
+    def publish_many(self, events: "list[dict[str, Any]]", run_id: str) -> None:
+        """Offer a batch of one run's events to each subscriber at once (one wake per subscriber)."""
+        if not events:
+            return
         with self._lock:
-            subscribers = list(self._subscribers.get(run_id or event.get("run_id") or "", ()))
+            subscribers = list(self._subscribers.get(run_id, ()))
         for subscription in subscribers:
-            subscription.offer(event)
+            subscription.offer_many(events)
 
 
 _DEFAULT = EventBroker()

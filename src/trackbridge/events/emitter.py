@@ -21,6 +21,13 @@ class EventEmitter:
         self._next_id = first_id
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {"sink": self.sink, "run_id": self.run_id, "_next_id": self._next_id}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     @property
     def next_id(self) -> int:
         return self._next_id

@@ -103,10 +103,10 @@ class _Watcher(threading.Thread):
         while not self.hub._closed.wait(source.poll_interval_s):
             if self.hub._retire(self):
                 return
-            for event in self._read(source):
-                if event["id"] > self.last_id:
-                    self.last_id = event["id"]
-                    self.hub.broker.publish(event, run_id=self.run_id)
+            new = [event for event in self._read(source) if event["id"] > self.last_id]
+            if new:
+                self.last_id = new[-1]["id"]
+                self.hub.broker.publish_many(new, self.run_id)
         self.hub._retire(self)
 
     def _read(self, source: EventSource) -> list[dict]:

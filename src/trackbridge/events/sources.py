@@ -9,14 +9,13 @@ events from the MLflow run, the tracking server being the shared store.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import threading
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Protocol
 
 from ..mlflow_tags import ERROR_TAG, MAX_EPOCHS_TAG, RUN_ID_TAG
 from ..record.clock import iso
@@ -24,7 +23,8 @@ from ..record.epoch import STEP_SUFFIX
 from ..record.ids import validate_run_id
 from ..record.run_dir import RunDirectory
 from ..record.status import RunStatus
-from .types import EventType, terminal_event_type
+from .log import parse_event_line
+from .types import TERMINAL_EVENT_TYPES, EventType, make_event, terminal_event_type
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -56,95 +56,152 @@ class EventSource(Protocol):
         """The complete events with ``id > after_id``, in id order."""
         ...
 
+    def last_event(self) -> dict[str, Any] | None:
+        """The last event (None if there is none yet)."""
+        ...
+
 
 class FileEventSource:
     """The events of a run directory's ``events.jsonl``, read incrementally.
 
     The instance remembers how far it has read: a ``read(after_id)`` that
     continues from the last one reads only the new bytes, and costs one
-    ``stat`` when nothing was appended, so a poll every 50 ms is cheap. A line
-    without its newline is being written: it is left for the next read. One
-    instance belongs to one thread.
+    open and ``fstat`` when nothing was appended, so a poll every 20 ms is
+    cheap. A line without its newline is being written: it is left for the
+    next read. One instance belongs to one thread.
+
+    ``open_log``: how the log is opened (a web server passes one that follows
+    no symlink); default ``open(path, "rb")``. ``death_reason``: asked at most
+    every ``liveness_check_s`` while the log has no terminal event; when it
+    names a reason (the run's process died without reporting), ``read`` ends
+    the log with a *derived* ``training_failed`` (id = last + 1,
+    ``"derived": true``) that is not written anywhere: a reader reports the
+    death without writing the run's files.
     """
 
-    def __init__(self, run_dir: RunDirectory, *, poll_interval_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        run_dir: RunDirectory,
+        *,
+        poll_interval_s: float = 0.05,
+        open_log: Callable[[], BinaryIO] | None = None,
+        death_reason: Callable[[], str | None] | None = None,
+        liveness_check_s: float = 5.0,
+    ) -> None:
         self.run_dir = run_dir
         self.run_id = run_dir.run_id
         self.path = run_dir.events_jsonl
         self.poll_interval_s = poll_interval_s
+        self._open_log = open_log or (lambda: open(self.path, "rb"))
+        self._death_reason = death_reason
+        self.liveness_check_s = liveness_check_s
         self._offset = 0  # bytes of complete lines consumed
         self._last_id = 0  # highest id among those lines
+        self._last_type: str | None = None
+        self._last_time: str | None = None
         self._inode: int | None = None
+        self._checked_at = -math.inf
+        self._derived: dict[str, Any] | None = None
 
     def read(self, after_id: int = 0) -> list[dict[str, Any]]:
         if after_id < self._last_id:  # the caller wants events already passed: start over
             self._rewind()
+        events = self._read_new(after_id)
+        derived = self._derived_end()
+        if derived is not None and derived["id"] > after_id:
+            events.append(derived)
+        return events
+
+    def last_event(self) -> dict[str, Any] | None:
+        """The log's last complete event (or the derived end of a dead run), read from the tail."""
+        event = self._tail_event()
+        if event is not None and event["id"] > self._last_id:
+            self._last_id, self._last_type, self._last_time = event["id"], event.get("type"), event.get("time")
+        derived = self._derived_end()
+        return derived if derived is not None and (event is None or derived["id"] > event["id"]) else event
+
+    def last_id(self) -> int:
+        """The id of the log's last complete event (0 if none), read from its tail, not the whole file."""
+        event = self._tail_event()
+        return event["id"] if event is not None else 0
+
+    def _read_new(self, after_id: int) -> list[dict[str, Any]]:
         try:
-            stat = os.stat(self.path)
+            fh = self._open_log()
         except FileNotFoundError:
             return []
-        if stat.st_ino != self._inode or stat.st_size < self._offset:
-            self._rewind()  # the log was replaced or cut: read it again from the top
-            self._inode = stat.st_ino
-        if stat.st_size == self._offset:
-            return []
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self._offset)
-                data = fh.read()
-        except FileNotFoundError:
-            return []
+        with fh:
+            stat = os.fstat(fh.fileno())
+            if stat.st_ino != self._inode or stat.st_size < self._offset:
+                self._rewind()  # the log was replaced or cut: read it again from the top
+                self._inode = stat.st_ino
+            if stat.st_size == self._offset:
+                return []
+            fh.seek(self._offset)
+            data = fh.read()
         end = data.rfind(b"\n")
         if end < 0:
             return []
         self._offset += end + 1
         events = []
         for line in data[: end + 1].splitlines():
-            event = _parse_line(line)
+            event = parse_event_line(line)
             if event is None:
                 continue
-            self._last_id = max(self._last_id, event["id"])
+            if event["id"] >= self._last_id:
+                self._last_id, self._last_type, self._last_time = event["id"], event.get("type"), event.get("time")
             if event["id"] > after_id:
                 events.append(event)
         return events
 
-    def last_id(self) -> int:
-        """The id of the log's last complete event (0 if none), read from its tail, not the whole file."""
+    def _tail_event(self) -> dict[str, Any] | None:
         try:
-            with open(self.path, "rb") as fh:
-                size = fh.seek(0, os.SEEK_END)
-                chunk = 1 << 16
-                while True:
-                    start = max(0, size - chunk)
-                    fh.seek(start)
-                    data = fh.read(size - start)
-                    lines = data[: data.rfind(b"\n") + 1].splitlines()
-                    for line in reversed(lines if start == 0 else lines[1:]):  # lines[0] may be cut
-                        event = _parse_line(line)
-                        if event is not None:
-                            return event["id"]
-                    if start == 0:
-                        return 0
-                    chunk *= 4
+            fh = self._open_log()
         except FileNotFoundError:
-            return 0
+            return None
+        with fh:
+            size = fh.seek(0, os.SEEK_END)
+            chunk = 1 << 16
+            while True:
+                start = max(0, size - chunk)
+                fh.seek(start)
+                data = fh.read(size - start)
+                lines = data[: data.rfind(b"\n") + 1].splitlines()
+                for line in reversed(lines if start == 0 else lines[1:]):  # lines[0] may be cut
+                    event = parse_event_line(line)
+                    if event is not None:
+                        return event
+                if start == 0:
+                    return None
+                chunk *= 4
+
+    def _derived_end(self) -> dict[str, Any] | None:
+        """The derived ``training_failed`` of a dead run, or None (asked at most every liveness_check_s)."""
+        if self._death_reason is None or self._last_type in TERMINAL_EVENT_TYPES:
+            self._derived = None
+            return None
+        if self._derived is not None and self._derived["id"] != self._last_id + 1:
+            self._derived = None  # the log grew: the run was alive after all
+        now = time.monotonic()
+        if now - self._checked_at >= self.liveness_check_s:
+            self._checked_at = now
+            reason = self._death_reason()
+            if reason is None:
+                self._derived = None
+            elif self._derived is None or self._derived.get("error") != reason:
+                derived = make_event(
+                    self._last_id + 1, EventType.TRAINING_FAILED, self.run_id,
+                    status=RunStatus.FAILED.value, error=reason, derived=True,
+                )
+                # Its time is the last sign of life in the log: the same for every reader of the run.
+                self._derived = {**derived, "time": self._last_time or derived["time"]}
+        return self._derived
 
     def _rewind(self) -> None:
         self._offset = 0
         self._last_id = 0
-
-
-def _parse_line(line: bytes) -> dict[str, Any] | None:
-    line = line.strip()
-    if not line:
-        return None
-    try:
-        event = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    if isinstance(event, dict) and isinstance(event.get("id"), int) and not isinstance(event["id"], bool):
-        return event
-    return None
+        self._last_type = None
+        self._last_time = None
 
 
 class MlflowEventSource:
@@ -185,6 +242,10 @@ class MlflowEventSource:
 
     def read(self, after_id: int = 0) -> list[dict[str, Any]]:
         return [event for event in self._refresh() if event["id"] > after_id]
+
+    def last_event(self) -> dict[str, Any] | None:
+        events = self._refresh()
+        return events[-1] if events else None
 
     def epoch_records(self) -> list[dict[str, Any]]:
         """The epoch records (``{"epoch": k, <metric>: value, "time": ...}``), as in metrics.json."""
@@ -233,7 +294,8 @@ class MlflowEventSource:
 
 
 def _is_epoch_metric(key: str) -> bool:
-    return key != "epoch" and not key.endswith(STEP_SUFFIX)
+    """Keys whose history may hold epoch points (``epoch`` itself gives their steps and timestamps)."""
+    return not key.endswith(STEP_SUFFIX)
 
 
 def _finite(value: float) -> float | None:
@@ -247,19 +309,30 @@ def _ms_to_iso(ms: int | None) -> str | None:
 
 
 def _epoch_records(histories: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """One record per step >= 1 across the epoch metrics: ``{"epoch", <key>: value, ..., "time"}``."""
-    by_epoch: dict[int, dict[str, Any]] = {}
-    stamps: dict[int, int] = {}
+    """The epoch records (``{"epoch", <key>: value, ..., "time"}``) held in MLflow's histories.
+
+    The mirror logs every key of an epoch record at ``step = epoch`` with the
+    record's own timestamp, the ``epoch`` key included; so the points of epoch
+    ``k`` are exactly those at step ``k`` with the timestamp of the ``epoch``
+    metric's point at step ``k``. Step curves (a global step that happens to
+    equal an epoch number) and stage metrics (logged at the last epoch's step,
+    later) carry other timestamps and stay out.
+    """
+    stamps = {int(p.step): int(p.timestamp) for p in histories.get("epoch", ()) if p.step >= 1}
+    if not stamps:  # a run mirrored without the epoch key: every step >= 1 of the non-step keys
+        stamps = {int(p.step): int(p.timestamp) for points in histories.values() for p in points if p.step >= 1}
+        exact = False
+    else:
+        exact = True
+    by_epoch: dict[int, dict[str, Any]] = {step: {} for step in stamps}
     for key, points in histories.items():
+        if key == "epoch":
+            continue
         for point in sorted(points, key=lambda p: (p.step, p.timestamp)):
-            if point.step < 1:
-                continue
-            by_epoch.setdefault(point.step, {})[key] = _finite(float(point.value))
-            stamps[point.step] = max(stamps.get(point.step, 0), int(point.timestamp))
-    records = []
-    for epoch in sorted(by_epoch):
-        records.append({"epoch": epoch, **by_epoch[epoch], "time": _ms_to_iso(stamps[epoch])})
-    return records
+            step = int(point.step)
+            if step in by_epoch and (not exact or int(point.timestamp) == stamps[step]):
+                by_epoch[step][key] = _finite(float(point.value))
+    return [{"epoch": epoch, **by_epoch[epoch], "time": _ms_to_iso(stamps[epoch])} for epoch in sorted(by_epoch)]
 
 
 def _max_epochs(run: "Run") -> int | None:

@@ -1,22 +1,113 @@
-"""EventStream: one reader's view of a run — its history after an id, then live, to the end.
+"""One reader's view of a run's events: a state machine free of I/O, and its blocking driver.
 
-The same object feeds the SSE route and the WebSocket route (Flask, by
-iterating it in a thread) and the native ASGI routes (asyncio, with
-:meth:`EventStream.aiter`), so every transport sends the same events in the
-same order.
+:class:`StreamState` decides, like h11's connection state, what a reader
+sends and when it must read the durable log; it never reads, waits or
+writes itself. Every transport drives the same state:
+
+- :class:`EventStream` (here): a blocking iterator for a thread per reader
+  (the Flask blueprint: WSGI servers and flask-sock);
+- :class:`~trackbridge.events.fanout.AsyncEventStream`: asyncio readers fed
+  by one pass over all readers of a run (the ASGI app).
+
+So every transport sends the same events in the same order.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import deque
-from typing import Any, AsyncIterator, Iterator
+from enum import Enum
+from typing import Any, Iterable, Iterator
 
 from .hub import EventHub, SourceFactory
 from .types import TERMINAL_EVENT_TYPES
 
 log = logging.getLogger(__name__)
+
+
+class Phase(str, Enum):
+    LIVE = "live"  # following the run
+    ENDING = "ending"  # the last event sent is terminal: the log must confirm nothing follows it
+    DONE = "done"  # nothing more will be sent
+
+
+class StreamState:
+    """Which events of a run a reader has sent, and what it must do next.
+
+    Ids are gapless per run (DESIGN §4). Events from the durable log are
+    taken as they are; a *live* event whose id skips one means the feed lost
+    something (a full buffer, a failed watcher): the reader is then
+    :attr:`behind` and must read the log after :attr:`last_id`. After a
+    terminal event the phase is ENDING: the log is read once more, and the
+    stream ends only if nothing follows (a resumed or restored run writes on
+    after its terminal event, and the stream goes on with it).
+    """
+
+    def __init__(self, after_id: int = 0) -> None:
+        if after_id < 0:
+            raise ValueError(f"`after_id` must be >= 0, got {after_id}")
+        self.last_id = after_id
+        self.phase = Phase.LIVE
+        self.behind = False
+
+    @property
+    def done(self) -> bool:
+        return self.phase is Phase.DONE
+
+    @property
+    def needs_read(self) -> bool:
+        """Whether the driver must read the log (after ``last_id``) before waiting for live events."""
+        return not self.done and (self.behind or self.phase is Phase.ENDING)
+
+    def start(self, history: list[dict[str, Any]], tail: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """The events to send first: ``history`` (the log after ``after_id``); ``tail`` the log's last event.
+
+        A client that already has a finished run's terminal event gets nothing.
+        """
+        if not history and tail is not None and tail["id"] <= self.last_id and _is_terminal(tail):
+            self.phase = Phase.DONE
+            return []
+        return self.from_log(history)
+
+    def from_log(self, events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Events read from the durable log after ``last_id``: what to send now."""
+        ending = self.phase is Phase.ENDING
+        out = self._accept(events, check_gaps=False)
+        self.behind = False
+        if ending and not out:
+            self.phase = Phase.DONE
+        return out
+
+    def from_live(self, events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Events from the live feed: what to send now (nothing while behind: the log will tell)."""
+        if self.done or self.behind:
+            return []
+        return self._accept(events, check_gaps=True)
+
+    def lost(self) -> None:
+        """The live feed dropped events for this reader (its buffer overflowed)."""
+        if not self.done:
+            self.behind = True
+
+    def close(self) -> None:
+        self.phase = Phase.DONE
+
+    def _accept(self, events: Iterable[dict[str, Any]], *, check_gaps: bool) -> list[dict[str, Any]]:
+        out = []
+        for event in events:
+            event_id = event["id"]
+            if event_id <= self.last_id:
+                continue  # already sent: the history and the live feed overlap
+            if check_gaps and event_id != self.last_id + 1:
+                self.behind = True
+                break
+            self.last_id = event_id
+            self.phase = Phase.ENDING if _is_terminal(event) else Phase.LIVE
+            out.append(event)
+        return out
+
+
+def _is_terminal(event: dict[str, Any]) -> bool:
+    return event.get("type") in TERMINAL_EVENT_TYPES
 
 
 class _Idle:
@@ -25,20 +116,15 @@ class _Idle:
 
 
 class EventStream:
-    """Iterate over the run's events with ``id > after_id`` in order, then live ones.
+    """Iterate over the run's events with ``id > after_id`` in order, then live ones (blocking driver).
 
     Yields ``None`` after ``tick_s`` seconds without an event (a heartbeat
-    for SSE, a chance to read client messages for a WebSocket). Ends after
-    the terminal event, unless more events follow it (a resumed run writes a
-    new ``run_started`` after its old terminal event; the stream goes on); a
-    client that already has a finished run's terminal event gets nothing.
-
-    Nothing is lost: the reader subscribes before it reads the history, and
-    whenever its buffer overflowed or an id was skipped it reads the gap from
-    the source (the durable log). The constructor subscribes and reads the
+    for SSE, a chance to read client messages for a WebSocket). Ends as
+    :class:`StreamState` says. The constructor subscribes, then reads the
     history (blocking I/O), so an unreadable source raises there
-    (``OSError``), before any byte is sent. Always :meth:`close` it (or use
-    ``with``): that unsubscribes. It also unsubscribes when it ends.
+    (``OSError``), before any byte is sent, and nothing published meanwhile
+    is missed. Always :meth:`close` it (or use ``with``): that unsubscribes.
+    It also unsubscribes when it ends.
 
     With ``mark_idle=True`` it also yields :attr:`IDLE` whenever it is about
     to wait for the next live event: a writer can batch the events of a burst
@@ -61,18 +147,22 @@ class EventStream:
         self.run_id = run_id
         self.tick_s = tick_s
         self.mark_idle = mark_idle
-        self.last_id = after_id
+        self.state = StreamState(after_id)
         self._subscription = hub.subscribe(run_id, make_source)
         try:
             self._source = make_source()
-            self._backlog: deque[dict[str, Any]] = deque(self._source.read(after_id))
-            self._complete = not self._backlog and after_id > 0 and _ends_with_terminal(self._source, after_id)
+            history = self._source.read(after_id)
+            tail = self._source.last_event() if not history and after_id > 0 else None
+            self._first = self.state.start(history, tail)
         except BaseException:
             self._subscription.close()
             raise
         self._events = self._follow()
 
-    # -- blocking iteration (a thread per reader) ----------------------------------
+    @property
+    def last_id(self) -> int:
+        return self.state.last_id
+
     def __iter__(self) -> Iterator[Any]:
         return self
 
@@ -90,120 +180,38 @@ class EventStream:
         self.close()
 
     def _follow(self) -> Iterator[Any]:
+        state, subscription = self.state, self._subscription
         try:
-            if self._complete:
-                return
-            while True:
-                event = self._next_in_backlog()
-                if event is not None:
-                    yield event
-                    if _is_terminal(event) and not self._refill(self._catch_up()):
-                        return
-                    continue
-                live = self._subscription.get_nowait()
+            yield from self._first
+            while not state.done:
+                if state.needs_read:
+                    read = self._read_log()
+                    if read is not None:
+                        yield from state.from_log(read)
+                        continue
+                    # unreadable right now: wait a tick for the live feed below, then read again
+                live = subscription.get_nowait()
                 if live is None:
                     if self.mark_idle:
                         yield self.IDLE
-                    live = self._subscription.get(timeout=self.tick_s)
-                if self._subscription.ended:  # the server is shutting down
+                    live = subscription.get(timeout=self.tick_s)
+                if subscription.ended:  # the server is shutting down
                     return
                 if live is None:
                     yield None
-                    self._refill(self._catch_up())  # belt and braces: only a failed watcher misses one
-                elif self._needs_catch_up(live):
-                    self._subscription.reset()
-                    self._refill(self._catch_up())
-                else:
-                    self._backlog.append(live)
-        finally:
-            # Also when the stream ends by itself: some servers never call close()
-            # (MLflow's uvicorn bridge does not close WSGI iterables).
-            self._subscription.close()
-
-    # -- asyncio iteration (no thread per reader) ---------------------------------------
-    async def aiter(self) -> AsyncIterator[Any]:
-        """The same events for an asyncio reader; reads of the source run in a worker thread."""
-        loop = asyncio.get_running_loop()
-        woken = asyncio.Event()
-
-        def wake() -> None:  # called in the publisher's thread
-            try:
-                loop.call_soon_threadsafe(woken.set)
-            except RuntimeError:  # the loop is closed: this reader is gone
-                pass
-
-        self._subscription.waker = wake
-        try:
-            if self._complete:
-                return
-            while True:
-                event = self._next_in_backlog()
-                if event is not None:
-                    yield event
-                    if _is_terminal(event) and not self._refill(await asyncio.to_thread(self._catch_up)):
-                        return
                     continue
-                live = self._subscription.get_nowait()
-                if live is None:
-                    if self.mark_idle:
-                        yield self.IDLE
-                    live = await self._aget(woken)
-                if self._subscription.ended:  # the server is shutting down
-                    return
-                if live is None:
-                    yield None
-                    self._refill(await asyncio.to_thread(self._catch_up))
-                elif self._needs_catch_up(live):
-                    self._subscription.reset()
-                    self._refill(await asyncio.to_thread(self._catch_up))  # the loop never reads files
-                else:
-                    self._backlog.append(live)
+                if subscription.overflowed:
+                    subscription.reset()
+                    state.lost()
+                    continue
+                yield from state.from_live([live])
         finally:
-            self._subscription.waker = None
-            self.close()
+            # Also when the stream ends by itself: some servers never call close().
+            subscription.close()
 
-    async def _aget(self, woken: asyncio.Event) -> dict[str, Any] | None:
-        woken.clear()
-        event = self._subscription.get_nowait()  # offered between the first look and clear()
-        if event is not None:
-            return event
+    def _read_log(self) -> list[dict[str, Any]] | None:
         try:
-            await asyncio.wait_for(woken.wait(), self.tick_s)
-        except asyncio.TimeoutError:
-            return None
-        return self._subscription.get_nowait()
-
-    # -- the logic both share ---------------------------------------------------------
-    def _next_in_backlog(self) -> dict[str, Any] | None:
-        while self._backlog:
-            event = self._backlog.popleft()
-            if event["id"] > self.last_id:  # else already sent: history and live feed overlap
-                self.last_id = event["id"]
-                return event
-        return None
-
-    def _refill(self, events: list[dict[str, Any]]) -> bool:
-        """Add ``events`` to the backlog; whether it now holds any event not sent yet."""
-        self._backlog.extend(events)
-        return any(event["id"] > self.last_id for event in self._backlog)
-
-    def _needs_catch_up(self, live: dict[str, Any]) -> bool:
-        # This reader fell behind (its buffer overflowed) or the feed skipped ids: the log has it all.
-        return self._subscription.overflowed or live["id"] > self.last_id + 1
-
-    def _catch_up(self) -> list[dict[str, Any]]:
-        try:
-            return self._source.read(self.last_id)
-        except OSError as exc:  # e.g. MLflow down for a moment: the stream waits, the watcher retries
+            return self._source.read(self.state.last_id)
+        except OSError as exc:  # e.g. MLflow down for a moment: the watcher retries too
             log.debug("catch-up read of run %s failed: %s", self.run_id, exc)
-            return []
-
-
-def _is_terminal(event: dict[str, Any]) -> bool:
-    return event.get("type") in TERMINAL_EVENT_TYPES
-
-
-def _ends_with_terminal(source: Any, after_id: int) -> bool:
-    """Whether the source's last event, already known to the client (id <= after_id), is terminal."""
-    events = source.read(0)
-    return bool(events) and events[-1]["id"] <= after_id and _is_terminal(events[-1])
+            return None

@@ -209,6 +209,11 @@ def verified_backlog(
     return Backlog(points, media, record.tops())
 
 
+def record_points(run_dir: RunDirectory) -> list[Tracked]:
+    """Every point of the local record (what MLflow holds once the run is fully mirrored)."""
+    return list(points_after(read_record(run_dir), {}))
+
+
 def record_keys(run_dir: RunDirectory) -> set[str]:
     """Every metric key of the local record (the keys whose MLflow history a verifying sync reads)."""
     return {item.point.key for item in points_after(read_record(run_dir), {})}

@@ -193,7 +193,7 @@ def _param_value(key: str, value: Any) -> str:
 
 
 def run_params(run: Mapping[str, Any], model_hparams: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """MLflow params of a run: the config's hyperparameters, the model's, then the tracking config.
+    """MLflow params of a run: the config's and the logged hyperparameters, the model's, then the tracking config.
 
     Hyperparameters keep their own (flattened) names, as Lightning's MLflow
     logger shows them; the tracking config's fields follow under their field
@@ -201,8 +201,10 @@ def run_params(run: Mapping[str, Any], model_hparams: Mapping[str, Any] | None =
     different value goes under a prefix (``model.`` or ``trackbridge.``).
     """
     config = dict(run.get("config") or {})
-    # the config's hyperparameters, then any logged later (run.json's own field holds both)
-    hyper = {**(config.pop("hyperparameters", None) or {}), **(run.get("hyperparameters") or {})}
+    # the config's hyperparameters, then those logged with logger.log_hyperparams (run.json's
+    # "logged_hyperparameters": flat, under their own names, as Lightning's MLFlowLogger logs them)
+    hyper = {**(config.pop("hyperparameters", None) or {}), **(run.get("hyperparameters") or {}),
+             **(run.get("logged_hyperparameters") or {})}
     sources = (("", hyper), ("model.", model_hparams or {}), ("trackbridge.", config))
     params: dict[str, str] = {}
     for prefix, source in sources:

@@ -11,10 +11,10 @@ MLflow is back.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from typing import Callable
 
+from ..console import announce
 from .errors import FailureKind, MirrorFailure
 
 log = logging.getLogger("trackbridge.mirror")
@@ -86,22 +86,5 @@ class OutageLog:
 
 
 def announce_to_console(message: str) -> None:
-    """Log ``message`` (training.log gets it) and make sure the console shows it too.
-
-    While a run is tracked, the root logger's only handler is training.log's
-    file, so a warning would not reach the terminal on its own.
-    """
-    log.warning("%s", message)
-    if not _console_handled(log):
-        print(f"trackbridge: {message}", file=sys.stderr, flush=True)
-
-
-def _console_handled(logger: logging.Logger) -> bool:
-    current: logging.Logger | None = logger
-    while current is not None:
-        for handler in current.handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                if getattr(handler, "stream", None) in (sys.stderr, sys.stdout):
-                    return True
-        current = current.parent if current.propagate else None
-    return False
+    """Log ``message`` on the mirror's logger (training.log gets it); the console shows it too."""
+    announce(message, log)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
-from ..tasks import is_better
 from .clock import iso
 
 # Keys of the record that are not metrics logged by the model.
@@ -58,17 +57,3 @@ def metric_items(record: Mapping[str, Any]) -> Iterator[tuple[str, float | None]
             continue
         if value is None or isinstance(value, (int, float)):
             yield key, value
-
-
-def best_epoch_of(
-    records: Iterable[Mapping[str, Any]], monitor: str, mode: str
-) -> tuple[int, float] | None:
-    """The (epoch, score) whose ``monitor`` is best under ``mode``; the earliest on ties."""
-    best: tuple[int, float] | None = None
-    for record in records:
-        score = record.get(monitor)
-        if score is None or isinstance(score, bool) or not math.isfinite(score):
-            continue
-        if is_better(score, best[1] if best else None, mode):
-            best = (int(record["epoch"]), float(score))
-    return best

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -40,9 +41,43 @@ def dumps_strict(value: Any, *, indent: int | None = None) -> str:
     return json.dumps(to_jsonable(value), indent=indent, allow_nan=False, ensure_ascii=False)
 
 
-def write_json_atomic(path: str | os.PathLike[str], value: Any, *, indent: int | None = 2) -> None:
+def write_json_atomic(
+    path: str | os.PathLike[str], value: Any, *, indent: int | None = 2, fsync: bool = True
+) -> None:
     """Write ``value`` to ``path`` atomically: temp file in the same folder, fsync, rename."""
-    _replace_atomically(path, [dumps_strict(value, indent=indent) + "\n"])
+    _replace_atomically(path, [dumps_strict(value, indent=indent) + "\n"], fsync=fsync)
+
+
+def write_text_atomic(path: str | os.PathLike[str], chunks: Iterable[str], *, fsync: bool = True) -> None:
+    """Write already-serialized text atomically (the caller made it strict JSON)."""
+    _replace_atomically(path, chunks, fsync=fsync)
+
+
+_UMASK: int | None = None
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read once (``/proc/self/status``; else set-and-restore, under a lock)."""
+    global _UMASK
+    if _UMASK is None:
+        with _UMASK_LOCK:
+            if _UMASK is None:
+                _UMASK = _read_umask()
+    return _UMASK
+
+
+def _read_umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
@@ -52,13 +87,10 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 
 def append_jsonl(path: str | os.PathLike[str], value: Any, *, fsync: bool = True) -> None:
-    """Append one strict-JSON line; a reader sees whole lines only (see :func:`read_jsonl`)."""
-    line = dumps_strict(value) + "\n"
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line)
-        fh.flush()
-        if fsync:
-            os.fsync(fh.fileno())
+    """Append one strict-JSON line, keeping the file whole lines only (see :mod:`.jsonl`)."""
+    from .jsonl import JsonlAppender
+
+    JsonlAppender(path).append(value, fsync=fsync)
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[Any]:
@@ -88,16 +120,31 @@ def write_jsonl_atomic(path: str | os.PathLike[str], values: Iterable[Any]) -> N
     _replace_atomically(path, (dumps_strict(value) + "\n" for value in values))
 
 
-def _replace_atomically(path: str | os.PathLike[str], chunks: Iterable[str]) -> None:
-    """Temp file in the same folder, flush, fsync, ``os.replace``: readers see old or new, never half."""
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (an image, a numpy file): temp file, fsync, rename."""
+    _replace_atomically(path, [data], fsync=fsync, binary=True)
+
+
+def _replace_atomically(
+    path: str | os.PathLike[str], chunks: Iterable[str] | Iterable[bytes], *, fsync: bool = True, binary: bool = False
+) -> None:
+    """Temp file in the same folder, flush, fsync, ``os.replace``: readers see old or new, never half.
+
+    The file gets the mode any file the user creates gets (0644 under umask
+    022), not mkstemp's private 0600: a teammate's server must read it.
+    ``fsync=False`` skips the disk sync (the file still survives the
+    process being killed; only a power loss can lose the last version).
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as fh:
             for chunk in chunks:
                 fh.write(chunk)
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
-import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .clock import utc_now_iso
 from .ids import validate_run_id
 from .jsonio import read_json, write_json_atomic
+from .locks import RunLock, lock_for
 from .status import RunStatus, check_transition
-
-# One lock per run.json path: the heartbeat thread, the callbacks and the
-# MLflow worker all update the same file in one process.
-_LOCKS: dict[str, threading.RLock] = {}
-_LOCKS_GUARD = threading.Lock()
-
-
-def _lock_for(path: Path) -> threading.RLock:
-    key = os.path.abspath(path)
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(key, threading.RLock())
 
 
 class RunExistsError(FileExistsError):
@@ -102,8 +90,24 @@ class RunDirectory:
     def stop_request(self) -> Path:
         return self.path / self.STOP_REQUEST
 
+    @property
+    def media_dir(self) -> Path:
+        return self.path / "media"
+
+    @property
+    def media_jsonl(self) -> Path:
+        return self.path / "media.jsonl"
+
+    @property
+    def system_jsonl(self) -> Path:
+        return self.path / "system.jsonl"
+
     def exists(self) -> bool:
         return self.run_json.is_file()
+
+    def lock(self) -> RunLock:
+        """The run's writer lock (threads and processes): hold it to change the record consistently."""
+        return lock_for(self.path)
 
     # -- life of the folder ------------------------------------------------
     def ensure_layout(self) -> None:
@@ -112,17 +116,23 @@ class RunDirectory:
             folder.mkdir(parents=True, exist_ok=True)
 
     def create(self, fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Create the run as ``pending``; refuses an id that is already taken."""
+        """Create the run as ``pending``; refuses an id that is already taken.
+
+        ``fields`` usually carry the creating process's identity
+        (:meth:`~trackbridge.record.liveness.ProcessIdentity.as_fields`), so
+        its heartbeat counts from this moment.
+        """
         if self.exists():
             raise RunExistsError(
                 f"run {self.run_id!r} already exists in {self.runs_root}; "
                 "pick another --run-id, or resume it with --resume"
             )
         self.ensure_layout()
+        now = utc_now_iso()
         record: dict[str, Any] = {
             "run_id": self.run_id,
             "status": RunStatus.PENDING.value,
-            "created_at": utc_now_iso(),
+            "created_at": now,
             "started_at": None,
             "completed_at": None,
             "epochs_done": 0,
@@ -131,14 +141,19 @@ class RunDirectory:
             "best_score": None,
             "final_metrics": None,
             "error": None,
-            "host": socket.gethostname(),
+            "host": None,
+            "boot_id": None,
+            "pid_namespace": None,
             "pid": None,
             "pid_started_at": None,
-            "heartbeat_at": None,
+            "heartbeat_at": now,
             "mlflow": None,
         }
         record.update(fields or {})
-        write_json_atomic(self.run_json, record)
+        with self.lock():
+            if self.exists():  # another process took the id meanwhile
+                raise RunExistsError(f"run {self.run_id!r} already exists in {self.runs_root}; pick another --run-id")
+            write_json_atomic(self.run_json, record)
         return record
 
     # -- run.json ----------------------------------------------------------
@@ -159,7 +174,7 @@ class RunDirectory:
         ``changes`` is a mapping merged at the top level, or a function that
         edits the record in place (for nested fields such as the MLflow cursor).
         """
-        with _lock_for(self.run_json):
+        with self.lock():
             record = self.read_run()
             if callable(changes):
                 changes(record)

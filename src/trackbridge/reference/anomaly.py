@@ -10,13 +10,15 @@ import torch
 from torch import nn
 from torchmetrics.classification import BinaryAUROC
 
-from .base import ReferenceModule
+from .base import ReferenceModule, Stage
 from .data import ReferenceDataModule
 from .tabular import TabularSplit, load_digits_split
 
 
 class DigitsAutoencoder(ReferenceModule):
     """64 pixels -> ``code`` numbers -> 64 pixels. Logs ``val_auroc`` (monitor)."""
+
+    class_names = ("normal", "anomaly")
 
     def __init__(
         self, in_features: int = 64, hidden: int = 32, code: int = 8, lr: float = 3e-3
@@ -29,7 +31,7 @@ class DigitsAutoencoder(ReferenceModule):
         self.decoder = nn.Sequential(
             nn.Linear(code, hidden), nn.ReLU(), nn.Linear(hidden, in_features)
         )
-        self.val_auroc = BinaryAUROC()
+        self.add_stage_metrics("auroc", BinaryAUROC)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Anomaly score per sample (mean squared reconstruction error), shape (batch,)."""
@@ -43,13 +45,15 @@ class DigitsAutoencoder(ReferenceModule):
         # Mean reconstruction error; labels are unused (the training set holds normal samples only).
         return score.mean()
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: Stage) -> dict[str, torch.Tensor]:
         x, is_anomaly = batch
         score = self(x)
-        self.val_auroc(score, is_anomaly)
+        auroc = self.stage_metric(stage, "auroc")
+        auroc(score, is_anomaly)
         # The loss over normal and anomalous samples alike: it still tracks reconstruction.
-        self.log_val("val_loss", self.loss(score, is_anomaly))
-        self.log_val("val_auroc", self.val_auroc)
+        self.log_eval(stage, "loss", self.loss(score, is_anomaly))
+        self.log_eval(stage, "auroc", auroc)
+        return {"preds": score, "target": is_anomaly}
 
 
 def build(
@@ -59,13 +63,19 @@ def build(
     batch_size: int | None = None,
     anomaly_class: int = 7,
 ) -> tuple[DigitsAutoencoder, ReferenceDataModule]:
-    """The autoencoder and its data: train on normal digits, validate on all (label 1 = anomaly)."""
+    """The autoencoder and its data: train on normal digits, validate and test on all (label 1 = anomaly)."""
     split = load_digits_split(seed)
     normal = split.y_train != anomaly_class
-    is_anomaly = (split.y_val == anomaly_class).long()
     # Label 0 for every training sample: only normal digits are trained on.
     normal_labels = torch.zeros(int(normal.sum()), dtype=torch.long)
-    served = TabularSplit(split.x_train[normal], normal_labels, split.x_val, is_anomaly)
+    served = TabularSplit(
+        split.x_train[normal],
+        normal_labels,
+        split.x_val,
+        (split.y_val == anomaly_class).long(),
+        split.x_test,
+        (split.y_test == anomaly_class).long(),
+    )
     data = served.datamodule(
         name=f"sklearn_digits_anomaly_{anomaly_class}",
         batch_size=batch_size or 32,

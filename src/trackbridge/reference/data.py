@@ -1,4 +1,4 @@
-"""One DataModule for every reference task: a fixed train/val split served by seeded loaders."""
+"""One DataModule for every reference task: fixed train/val/test splits served by seeded loaders."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 
 class ReferenceDataModule(LightningDataModule):
-    """Serve in-memory ``train``/``val`` datasets with deterministic, single-process loaders.
+    """Serve in-memory ``train``/``val``/``test`` datasets with deterministic, single-process loaders.
 
     ``steps_per_epoch`` asks for exactly that many training batches per epoch (per process
     when running distributed) by sampling the training set with replacement; otherwise an
@@ -21,6 +21,7 @@ class ReferenceDataModule(LightningDataModule):
         self,
         train: Dataset,
         val: Dataset,
+        test: Dataset | None = None,
         *,
         name: str,
         batch_size: int,
@@ -36,6 +37,7 @@ class ReferenceDataModule(LightningDataModule):
             raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
         self.train_set = train
         self.val_set = val
+        self.test_set = test
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.seed = seed
@@ -51,6 +53,7 @@ class ReferenceDataModule(LightningDataModule):
                 "steps_per_epoch": steps_per_epoch,
                 "train_size": len(train),  # type: ignore[arg-type]
                 "val_size": len(val),  # type: ignore[arg-type]
+                "test_size": len(test) if test is not None else 0,  # type: ignore[arg-type]
             }
         )
 
@@ -82,8 +85,17 @@ class ReferenceDataModule(LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_set is None:
+            raise ValueError("this data module has no test split (pass `test=` to ReferenceDataModule)")
+        return self._eval_loader(self.test_set)
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        # Not shuffled: the same samples come first every epoch (the figures' fixed sample).
         return DataLoader(
-            self.val_set,
+            dataset,
             batch_size=self.val_batch_size,
             shuffle=False,
             num_workers=0,
@@ -113,11 +125,16 @@ def collate_with_targets(batch: list[tuple[Any, ...]]) -> tuple[Any, ...]:
     return (*(torch.stack(list(field)) for field in dense), list(targets))
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded permutation of ``range(n)`` cut into (train, val); val size is rounded to even.
+def split_indices(
+    n: int, val_fraction: float, seed: int, test_fraction: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A seeded permutation of ``range(n)`` cut into (train, val, test); val and test sizes even.
 
-    An even val size lets two DDP processes split it without the sampler padding duplicates.
+    An even size lets two DDP processes split it without the sampler padding duplicates.
+    The test part is cut from what would otherwise be training data, so adding it leaves
+    the validation set as it was.
     """
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = max(2, int(round(n * val_fraction / 2)) * 2)
-    return perm[n_val:], perm[:n_val]
+    n_test = int(round(n * test_fraction / 2)) * 2
+    return perm[n_val + n_test :], perm[:n_val], perm[n_val : n_val + n_test]

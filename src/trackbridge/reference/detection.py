@@ -21,8 +21,9 @@ class BoxDetector(GridDetector):
     """
 
     geometry_channels = 4
+    class_names = ("red", "green")
 
-    def make_val_map(self) -> Metric:
+    def make_map(self) -> Metric:
         return CocoMeanAveragePrecision("bbox")
 
     def cell_boxes(self, raw: torch.Tensor) -> torch.Tensor:

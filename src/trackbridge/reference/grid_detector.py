@@ -28,7 +28,7 @@ class GridDetector(MeanAPModule):
     ``[objectness, *geometry (geometry_channels), class index | class logits]``; the first
     four geometry channels are always the centre offset in the cell and log width/height in
     cells (see :func:`encode_grid`). Subclasses add channels after them, decode boxes in
-    :meth:`cell_boxes` and pick their metric in :meth:`make_val_map`.
+    :meth:`cell_boxes` and pick their metric in :meth:`make_map`.
     """
 
     geometry_channels: int = 4
@@ -45,10 +45,10 @@ class GridDetector(MeanAPModule):
         self.save_hyperparameters()
         self.backbone = grid_backbone(3, width)
         self.head = nn.Conv2d(2 * width, 1 + self.geometry_channels + num_classes, 1)
-        self.val_map = self.make_val_map()
+        self.add_stage_metrics("map", self.make_map)
 
-    def make_val_map(self) -> Metric:
-        """The validation metric; its ``compute()`` returns ``map`` and ``map_50``."""
+    def make_map(self) -> Metric:
+        """A new evaluation metric; its ``compute()`` returns ``map`` and ``map_50``."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,8 @@ from .segmentation import semantic_mask
 class InstanceSegmenter(MeanAPModule):
     """Image -> per-pixel logits (background + classes); :meth:`decode` yields instance masks."""
 
-    map_key = "val_mAP_mask"
+    map_name = "mAP_mask"
+    class_names = ("disc", "square")
 
     def __init__(
         self, num_classes: int = 2, width: int = 16, lr: float = 1e-2, min_pixels: int = 4
@@ -33,7 +34,7 @@ class InstanceSegmenter(MeanAPModule):
         super().__init__()
         self.save_hyperparameters()
         self.net = dense_fcn(3, width, num_classes + 1)
-        self.val_map = CocoMeanAveragePrecision("segm")
+        self.add_stage_metrics("map", lambda: CocoMeanAveragePrecision("segm"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel logits, (batch, 1 + num_classes, H, W); channel 0 is background."""

@@ -6,32 +6,41 @@ from typing import Any
 
 import torch
 
-from .base import ReferenceModule
+from .base import ReferenceModule, Stage
 
 
 class MeanAPModule(ReferenceModule):
-    """Validation by a per-image mAP metric, logged as ``map_key`` and ``<map_key>_50``.
+    """Evaluation by a per-image mAP metric, logged as ``<stage>_<map_name>`` and ``..._50``.
 
     Batches are ``(images, dense training target, per-image target dicts)``. Subclasses
-    define :meth:`loss` and :meth:`decode`, and set ``self.val_map`` (a metric whose
-    ``compute()`` returns ``map``/``map_50``).
+    define :meth:`loss` and :meth:`decode`, and add a ``map`` stage metric (whose
+    ``compute()`` returns ``map``/``map_50``) with :meth:`add_stage_metrics`.
     """
 
-    map_key: str = "val_mAP"
+    map_name: str = "mAP"
 
     def decode(self, raw: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        """Predictions of one batch: a dict per image, in the layout ``val_map`` reads."""
+        """Predictions of one batch: a dict per image, in the layout the ``map`` metric reads."""
         raise NotImplementedError
 
-    def validation_step(self, batch: tuple[Any, ...], batch_idx: int) -> None:
+    def evaluate(self, batch: tuple[Any, ...], stage: Stage) -> dict[str, Any]:
         images, dense, targets = batch
         raw = self(images)
-        self.log_val("val_loss", self.loss(raw, dense))
-        self.val_map.update(self.decode(raw), targets)
+        self.log_eval(stage, "loss", self.loss(raw, dense))
+        preds = self.decode(raw)
+        self.stage_metric(stage, "map").update(preds, targets)
+        return {"images": images, "preds": preds, "target": targets}
 
     def on_validation_epoch_end(self) -> None:
+        self.log_map("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_map("test")
+
+    def log_map(self, stage: Stage) -> None:
         # compute() gathers every process's images first, so all ranks log the same value.
-        result = self.val_map.compute()
-        self.val_map.reset()
-        self.log_val(self.map_key, result["map"])
-        self.log_val(f"{self.map_key}_50", result["map_50"])
+        metric = self.stage_metric(stage, "map")
+        result = metric.compute()
+        metric.reset()
+        self.log_eval(stage, self.map_name, result["map"])
+        self.log_eval(stage, f"{self.map_name}_50", result["map_50"])

@@ -29,8 +29,9 @@ class OrientedBoxDetector(GridDetector):
     """
 
     geometry_channels = 6
+    class_names = ("red", "green")
 
-    def make_val_map(self) -> Metric:
+    def make_map(self) -> Metric:
         return RotatedMeanAveragePrecision()
 
     def geometry_loss(self, pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:

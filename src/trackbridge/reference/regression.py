@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.regression import MeanAbsoluteError
 
-from .base import ReferenceModule
+from .base import ReferenceModule, Stage
 from .data import ReferenceDataModule
 from .tabular import load_diabetes_split
 
@@ -30,7 +30,7 @@ class DiabetesRegressor(ReferenceModule):
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-        self.val_mae = MeanAbsoluteError()
+        self.add_stage_metrics("mae", MeanAbsoluteError)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Predictions in target units, shape (batch,)."""
@@ -40,18 +40,20 @@ class DiabetesRegressor(ReferenceModule):
         # MSE on the standardised scale keeps gradients O(1) whatever the target's units.
         return F.mse_loss(pred / self.hparams.target_std, y / self.hparams.target_std)
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: Stage) -> dict[str, torch.Tensor]:
         x, y = batch
         pred = self(x)
-        self.val_mae(pred, y)
-        self.log_val("val_loss", self.loss(pred, y))
-        self.log_val("val_mae", self.val_mae)
+        mae = self.stage_metric(stage, "mae")
+        mae(pred, y)
+        self.log_eval(stage, "loss", self.loss(pred, y))
+        self.log_eval(stage, "mae", mae)
+        return {"preds": pred, "target": y}
 
 
 def build(
     *, seed: int = 0, steps_per_epoch: int | None = None, batch_size: int | None = None
 ) -> tuple[DiabetesRegressor, ReferenceDataModule]:
-    """The diabetes regressor and its data (80/20 split, batch 16 by default)."""
+    """The diabetes regressor and its data (70/20/10 train/val/test split, batch 16 by default)."""
     split = load_diabetes_split(seed)
     data = split.datamodule(
         name="sklearn_diabetes",

@@ -11,8 +11,9 @@ from torch.utils.data import Dataset
 from .data import ListDataset, ReferenceDataModule
 from .scenes import Scene, SceneKind, render_scenes
 
-# Added to the training seed for validation scenes, so the two sets are drawn independently.
+# Added to the training seed for validation and test scenes, so the sets are drawn independently.
 VAL_SEED_OFFSET = 1_000_003
+TEST_SEED_OFFSET = 2_000_003
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,17 @@ class SceneData:
         batch_size: int | None = None,
         train_size: int = 512,
         val_size: int = 128,
+        test_size: int = 64,
         image_size: int = 32,
     ) -> ReferenceDataModule:
-        """Render ``train_size``/``val_size`` scenes and serve them (batch 8 by default)."""
+        """Render ``train_size``/``val_size``/``test_size`` scenes and serve them (batch 8 by default)."""
         train = render_scenes(train_size, self.kind, seed=seed, size=image_size)
         val = render_scenes(val_size, self.kind, seed=seed + VAL_SEED_OFFSET, size=image_size)
+        test = render_scenes(test_size, self.kind, seed=seed + TEST_SEED_OFFSET, size=image_size)
         return ReferenceDataModule(
             self.to_dataset(train),
             self.to_dataset(val),
+            self.to_dataset(test),
             name=self.name,
             batch_size=batch_size or 8,
             val_batch_size=64,

@@ -60,7 +60,7 @@ def rotated_rect_mask(size: int, rbox: tuple[float, float, float, float, float])
     """Pixels whose centre lies in the rectangle (cx, cy, w, h, theta).
 
     ``theta`` turns the rectangle's w-axis from the x-axis towards the y-axis (image
-    coordinates, y down), the same convention as :mod:`.rotated_iou`.
+    coordinates, y down), the same convention as :mod:`trackbridge.metrics.rotated_iou`.
     """
     cx, cy, w, h, theta = rbox
     xs, ys = pixel_centres(size)

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from .base import ReferenceModule
+from .base import ReferenceModule, Stage
 from .data import ReferenceDataModule
 from .nets import dense_fcn
 from .scene_data import SceneData
@@ -23,11 +23,13 @@ from .scenes import Scene
 class ShapeSegmenter(ReferenceModule):
     """Image (3, H, W) -> per-pixel class logits (num_classes, H, W)."""
 
+    class_names = ("background", "disc", "square")
+
     def __init__(self, num_classes: int = 3, width: int = 16, lr: float = 1e-2) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = dense_fcn(3, width, num_classes)
-        self.val_miou = MulticlassJaccardIndex(num_classes=num_classes, average="macro")
+        self.add_stage_metrics("miou", lambda: MulticlassJaccardIndex(num_classes=num_classes, average="macro"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel class logits, (batch, num_classes, H, W)."""
@@ -36,12 +38,15 @@ class ShapeSegmenter(ReferenceModule):
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, masks)
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: Stage) -> dict[str, torch.Tensor]:
         images, masks = batch
         logits = self(images)
-        self.val_miou(logits.argmax(dim=1), masks)
-        self.log_val("val_loss", self.loss(logits, masks))
-        self.log_val("val_mIoU", self.val_miou)
+        classes = logits.argmax(dim=1)
+        miou = self.stage_metric(stage, "miou")
+        miou(classes, masks)
+        self.log_eval(stage, "loss", self.loss(logits, masks))
+        self.log_eval(stage, "mIoU", miou)
+        return {"images": images, "preds": classes, "target": masks}
 
 
 def semantic_mask(scene: Scene) -> np.ndarray:

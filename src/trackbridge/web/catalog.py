@@ -1,21 +1,27 @@
 """RunCatalog: where the live API finds a run — its directory when readable, else its MLflow run.
 
-Run ids are validated before any path is built, and a run directory must
-resolve inside the runs root (a symlink out of it is not followed), so no
-request can read a byte outside the runs root. The file wins whenever the
-run directory is readable; MLflow is asked only for runs this server cannot
-read (another host, no shared disk), when a tracking URI is configured.
+Run ids are validated before any path is built, and every file is opened
+through :class:`~trackbridge.web.files.RunFiles`, which follows no symlink
+below the runs root, so no request can read a byte outside it. The file wins
+whenever the run directory is readable; MLflow is asked only for runs this
+server cannot read (another host, no shared disk), when a tracking URI is
+configured.
+
+Reads only: a run whose process died without reporting is reported
+``failed`` (its ``error`` says why) by a derived view — one
+:class:`~trackbridge.record.liveness.LivenessJudge` per catalog, judging
+run.json and its mtime — and never written; closing such a run's record is
+the command line's job (``trackbridge runs``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from ..events.lifecycle import mark_dead_runs
+from ..events.hub import SourceFactory
 from ..events.sources import (
     FileEventSource,
     MlflowEventSource,
@@ -23,10 +29,10 @@ from ..events.sources import (
     find_mlflow_run,
     mlflow_run_status,
 )
-from ..events.hub import SourceFactory
-from ..record.liveness import iter_runs
+from ..record.liveness import LivenessJudge
 from ..record.run_dir import RunDirectory, RunNotFoundError
-from ..record.status import InvalidTransitionError, RunStatus
+from ..record.status import RunStatus
+from .files import RunFiles, UnsafePathError, split_relative
 from .settings import WebSettings
 
 if TYPE_CHECKING:
@@ -41,6 +47,7 @@ SUMMARY_FIELDS = (
 )
 # How long "no such run in MLflow" is remembered, so unknown ids do not hammer the tracking server.
 _MISS_TTL_S = 5.0
+_LIVE = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
 
 
 class RunConflictError(ValueError):
@@ -53,53 +60,76 @@ class RunCatalog:
     def __init__(self, settings: WebSettings) -> None:
         self.settings = settings
         self.runs_root = settings.runs_root
-        self._root_real = os.path.realpath(settings.runs_root)
+        self.files = RunFiles(settings.runs_root)
+        self.judge = LivenessJudge(settings.stale_after_s, remember=True)
         self._client: "MlflowClient | None" = None
         self._mlflow_sources: dict[str, MlflowEventSource] = {}
         self._misses: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._last_sweep = -float("inf")
-        self._sweep_lock = threading.Lock()
 
     # -- the local record --------------------------------------------------
     def local(self, run_id: str) -> RunDirectory | None:
         """The run's directory if this server can read its run.json, else None.
 
-        Raises InvalidRunIdError for an id that is not a run id.
+        Raises InvalidRunIdError for an id that is not a run id, UnsafePathError
+        when the run directory or its run.json is a symlink.
         """
         run_dir = RunDirectory(self.runs_root, run_id)  # validates the id first
-        real = os.path.realpath(run_dir.path)
-        if os.path.dirname(real) != self._root_real:
-            return None  # a symlink that leads out of the runs root
-        return run_dir if os.access(run_dir.run_json, os.R_OK) and run_dir.run_json.is_file() else None
+        try:
+            self.files.open(run_id, RunDirectory.RUN_JSON).close()
+        except UnsafePathError:
+            raise
+        except OSError:  # not there, or not readable by this server's user
+            return None
+        return run_dir
 
-    def list_runs(self) -> list[dict[str, Any]]:
-        """A summary of every readable run, newest first (dead runs are marked failed first)."""
-        self.sweep_dead_runs()
+    def read_run(self, run_id: str) -> dict[str, Any]:
+        """run.json as the API reports it: a live run whose process died reads ``failed`` (derived)."""
+        try:
+            run, info = self.files.read_json(run_id, RunDirectory.RUN_JSON)
+        except (UnsafePathError, FileNotFoundError):
+            raise
+        except (OSError, ValueError) as exc:
+            raise RunNotFoundError(f"run {run_id!r} cannot be read: {type(exc).__name__}") from None
+        if not isinstance(run, dict):
+            raise RunNotFoundError(f"run {run_id!r} has no valid run.json")
+        return self._derived(run, info.mtime)
+
+    def _derived(self, run: dict[str, Any], mtime: float | None) -> dict[str, Any]:
+        if run.get("status") not in _LIVE:
+            self.judge.death_reason(run, mtime=mtime)  # lets the judge forget a finished run
+            return run
+        reason = self.judge.death_reason(run, mtime=mtime)
+        if reason is None:
+            return run
+        return {**run, "status": RunStatus.FAILED.value, "error": reason, "status_derived": True}
+
+    def death_reason(self, run_id: str) -> str | None:
+        """Why the run's process is judged dead (None while it may live, or when it ended)."""
+        try:
+            run = self.read_run(run_id)
+        except (OSError, ValueError):
+            return None
+        return run.get("error") if run.get("status_derived") else None
+
+    def list_runs(self, readable: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
+        """A summary of every readable run (the ones ``readable`` admits), newest first."""
         items = []
-        for run_dir in iter_runs(self.runs_root):
-            if self.local(run_dir.run_id) is None:
-                continue
+        for run_id in self.files.run_ids():
             try:
-                run = run_dir.read_run()
+                run = self.read_run(run_id)
             except (OSError, ValueError):
-                continue  # being replaced right now, or not a run.json we can read
-            if isinstance(run, dict):
-                items.append(summary(run, run_dir.run_id))
+                continue  # no run.json, a symlink, being replaced right now, or not JSON
+            if readable is None or readable(run):
+                items.append(summary(run, run_id))
         items.sort(key=lambda item: (str(item.get("created_at") or ""), item["run_id"]), reverse=True)
         return items
 
     def run(self, run_id: str) -> dict[str, Any]:
         """run.json (plus ``mlflow_url``), or what MLflow knows of a run not readable here."""
-        run_dir = self.local(run_id)
-        if run_dir is not None:
-            try:
-                run = run_dir.read_run()
-            except (OSError, ValueError) as exc:
-                raise RunNotFoundError(f"run {run_id!r} cannot be read: {type(exc).__name__}") from None
-            if not isinstance(run, dict):
-                raise RunNotFoundError(f"run {run_id!r} has no valid run.json")
-            return {**run, "mlflow_url": _mlflow_url(run), "last_event_id": _last_event_id(run_dir)}
+        if self.local(run_id) is not None:
+            run = self.read_run(run_id)
+            return {**run, "mlflow_url": _mlflow_url(run), "last_event_id": self._last_event_id(run_id)}
         source = self._mlflow_source(run_id)
         mlflow_run = source.run()
         records = source.epoch_records()
@@ -113,33 +143,66 @@ class RunCatalog:
         }
 
     def metrics(self, run_id: str) -> dict[str, Any]:
-        """metrics.json: ``{"epochs": [...]}`` (from MLflow's histories for a run not readable here)."""
-        run_dir = self.local(run_id)
-        if run_dir is not None:
+        """metrics.json: ``{"epochs": [...], "stages": [...]}`` (from MLflow's histories for a run not readable here)."""
+        if self.local(run_id) is not None:
             # The event id first: an epoch's record is written before its epoch_end event,
             # so these epochs hold every epoch_end up to this id (a stream can go on from it).
-            last_event_id = _last_event_id(run_dir)
+            last_event_id = self._last_event_id(run_id)
             try:
-                return {"epochs": run_dir.read_metrics(), "last_event_id": last_event_id}
-            except (OSError, ValueError, AttributeError):
-                return {"epochs": [], "last_event_id": last_event_id}  # not written yet, or being replaced
+                data, _ = self.files.read_json(run_id, RunDirectory.METRICS_JSON)
+            except UnsafePathError:
+                raise
+            except (OSError, ValueError):
+                data = None  # not written yet, or being replaced
+            data = data if isinstance(data, dict) else {}
+            return {**data, "epochs": data.get("epochs") or [], "last_event_id": last_event_id}
         source = self._mlflow_source(run_id)
         events = source.read()
         return {"epochs": source.epoch_records(), "last_event_id": events[-1]["id"] if events else 0}
 
+    def media(self, run_id: str) -> dict[str, Any]:
+        """media.jsonl: ``{"media": [entry, ...]}`` in the order written."""
+        self.local_or_404(run_id)
+        entries = [e for e in self.files.read_jsonl(run_id, "media.jsonl") if isinstance(e, dict)]
+        return {"run_id": run_id, "media": entries}
+
+    def system(self, run_id: str) -> dict[str, Any]:
+        """system.jsonl: ``{"samples": [sample, ...]}`` in the order written."""
+        self.local_or_404(run_id)
+        samples = [e for e in self.files.read_jsonl(run_id, "system.jsonl") if isinstance(e, dict)]
+        return {"run_id": run_id, "samples": samples}
+
+    def media_file(self, run_id: str, path: str) -> tuple[bytes, Any]:
+        """One file of the run's ``media/`` folder (no ``..``, no symlink): its bytes and stat."""
+        self.local_or_404(run_id)
+        parts = split_relative(path)
+        return self.files.read_bytes(run_id, "media", *parts)
+
     def request_stop(self, run_id: str, requested_by: str) -> dict[str, Any]:
-        """Ask a live run to stop at its next batch (writes the stop-request file)."""
+        """Ask a live run to stop at its next batch (writes the stop-request file: a POST's one write)."""
         run_dir = self.local(run_id)
         if run_dir is None:
             raise RunNotFoundError(
                 f"no run {run_id!r} in this server's runs root; a run can be stopped only "
                 "where its run directory is readable"
             )
-        status = run_dir.read_run().get("status")
-        if status not in (RunStatus.PENDING.value, RunStatus.RUNNING.value):
+        status = self.read_run(run_id).get("status")
+        if status not in _LIVE:
             raise RunConflictError(f"run {run_id!r} is already {status}; there is nothing to stop")
         run_dir.request_stop(requested_by=requested_by)
         return {"run_id": run_id, "status": status, "stop_requested": True}
+
+    def local_or_404(self, run_id: str) -> RunDirectory:
+        run_dir = self.local(run_id)
+        if run_dir is None:
+            raise RunNotFoundError(f"no run {run_id!r} in this server's runs root")
+        return run_dir
+
+    def _last_event_id(self, run_id: str) -> int:
+        try:
+            return self._file_source(RunDirectory(self.runs_root, run_id), liveness=False).last_id()
+        except OSError:
+            return 0
 
     # -- events --------------------------------------------------------------
     def event_source(self, run_id: str) -> SourceFactory:
@@ -149,23 +212,19 @@ class RunCatalog:
         """
         run_dir = self.local(run_id)
         if run_dir is not None:
-            interval = self.settings.poll_interval_s
-            return lambda: FileEventSource(run_dir, poll_interval_s=interval)
+            return lambda: self._file_source(run_dir)
         source = self._mlflow_source(run_id)
         return lambda: source  # thread-safe and cached: shared by the watcher and readers
 
-    def sweep_dead_runs(self) -> None:
-        """Mark runs whose process died ``failed`` — at most once per ``dead_run_check_s``."""
-        now = time.monotonic()
-        if now - self._last_sweep < self.settings.dead_run_check_s or not self._sweep_lock.acquire(False):
-            return
-        try:
-            self._last_sweep = now
-            mark_dead_runs(self.runs_root)
-        except (OSError, ValueError, InvalidTransitionError) as exc:  # read-only root, a race with the run
-            log.warning("could not mark dead runs in %s: %s", self.runs_root, exc)
-        finally:
-            self._sweep_lock.release()
+    def _file_source(self, run_dir: RunDirectory, *, liveness: bool = True) -> FileEventSource:
+        run_id = run_dir.run_id
+        return FileEventSource(
+            run_dir,
+            poll_interval_s=self.settings.poll_interval_s,
+            open_log=lambda: self.files.open(run_id, RunDirectory.EVENTS_JSONL),
+            death_reason=(lambda: self.death_reason(run_id)) if liveness else None,
+            liveness_check_s=self.settings.dead_run_check_s,
+        )
 
     # -- MLflow ------------------------------------------------------------------
     def _mlflow_source(self, run_id: str) -> MlflowEventSource:
@@ -204,13 +263,6 @@ class RunCatalog:
         from ..mirror.uri import mlflow_ui_url
 
         return mlflow_ui_url(self.settings.tracking_uri, mlflow_run.info.experiment_id, mlflow_run.info.run_id)
-
-
-def _last_event_id(run_dir: RunDirectory) -> int:
-    try:
-        return FileEventSource(run_dir).last_id()
-    except OSError:
-        return 0
 
 
 def summary(run: dict[str, Any], run_id: str) -> dict[str, Any]:

@@ -1,37 +1,34 @@
-"""``mlflow server --app-name trackbridge``: the live API on the MLflow tracking server's own port.
+"""The live API on the MLflow tracking server's own port: two ``mlflow.app`` plugins.
 
-Modelled on MLflow's basic-auth plugin (``mlflow/server/auth/__init__.py``):
-``create_app(app)`` receives MLflow's Flask app, mounts trackbridge's
-blueprints on it (the routes keep their ``/api/...`` paths; the page goes
-under ``/trackbridge/``) and returns it — wrapped in MLflow's FastAPI app
-when ``mlflow server`` runs uvicorn, its default.
+- ``mlflow server --app-name trackbridge``: MLflow's app plus the live API
+  and the dashboard (at ``/trackbridge/``), guarded like ``trackbridge serve``
+  (Host allow-list, ``TRACKBRIDGE_TOKEN``, no cross-site control).
+- ``mlflow server --app-name trackbridge-auth``: MLflow's basic-auth app
+  (``mlflow.server.auth``, as ``--app-name basic-auth``) with the live API
+  mounted and authorized by MLflow's own users and experiment permissions
+  (:mod:`.mlflow_auth`). MLflow's UI and REST API keep their auth unchanged.
+
+Modelled on MLflow's basic-auth plugin: the factory receives MLflow's Flask
+app and returns what ``mlflow server`` should serve. Under uvicorn (MLflow's
+default) that is trackbridge's ASGI app (:mod:`.asgi`) in front of MLflow's
+FastAPI app: the same serving model as ``trackbridge serve`` — a stream costs
+a coroutine, not one of the WSGI bridge's 40 threads — and every request that
+is not the API's goes to MLflow untouched. Under gunicorn or waitress, the
+Flask blueprint is mounted on MLflow's Flask app instead (a thread per stream).
 
 ``mlflow server`` passes no options to a plugin, so it is configured by the
 environment: ``TRACKBRIDGE_RUNS_ROOT`` (default ``./runs``),
-``TRACKBRIDGE_TOKEN``, ``TRACKBRIDGE_CORS_ORIGINS``, and
+``TRACKBRIDGE_TOKEN`` (``trackbridge`` only), ``TRACKBRIDGE_ALLOWED_HOSTS``
+(else MLflow's own ``--allowed-hosts`` / ``MLFLOW_SERVER_ALLOWED_HOSTS``),
+``TRACKBRIDGE_CORS_ORIGINS``, ``TRACKBRIDGE_MAX_STREAMS``, and
 ``MLFLOW_TRACKING_URI`` for the runs it cannot read from disk (default: this
-server's own backend store).
-
-Which of MLflow's server modes carry what (see the README):
-
-- uvicorn (the default): SSE and WebSocket, served natively on MLflow's
-  FastAPI app (:mod:`.asgi`): a stream costs a coroutine, not a thread.
-  Through MLflow's WSGI bridge alone, a stream would hold one of the bridge's
-  40 threads per process (shared with MLflow's REST API) until its run ends,
-  and WebSockets would be refused.
-- ``--gunicorn-opts "--worker-class gthread --threads 256"``: SSE and
-  WebSocket through the Flask blueprint, one thread per open stream.
-- ``--waitress-opts``: MLflow 3.17 cannot start any ``--app-name`` plugin this
-  way outside Windows (it passes both ``create_app()`` and ``--call`` to
-  waitress, which refuses). Loaded by waitress directly, the plugin serves SSE,
-  each stream holding one of waitress's threads (4 by default), and answers a
-  WebSocket with 501 (waitress gives no raw socket).
-- ``--gunicorn-opts ""`` (sync workers): one request per worker at a time;
-  a single open stream blocks a whole worker. Don't.
+server's own backend store). Either plugin redacts ``token=`` from the
+access logs of the server it runs in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -39,33 +36,60 @@ from typing import Any
 
 from flask import Flask
 
-from .app import end_streams, mount
-from .blueprint import API_BLUEPRINT
-from .settings import WebSettings
+from .api import LiveApi
+from .app import mount
+from .auth import Authorizer
+from .logs import install_token_redaction
+from .settings import ALLOWED_HOSTS_ENV, WebSettings
 
 PAGE_PREFIX = "/trackbridge"
+MLFLOW_ALLOWED_HOSTS_ENV = "MLFLOW_SERVER_ALLOWED_HOSTS"
 
 
 def create_app(app: Flask | None = None) -> Any:
-    """Mount trackbridge on MLflow's Flask ``app`` (default: ``mlflow.server.app``) and return it."""
+    """``--app-name trackbridge``: MLflow's ``app`` (default ``mlflow.server.app``) with the live API."""
     if app is None:
         from mlflow.server import app
-    settings = WebSettings.resolve(tracking_uri=_server_tracking_uri())
-    mount(app, settings, page_prefix=PAGE_PREFIX)
+    return _serve_with(app, settings(), authorizer=None)
+
+
+def create_auth_app(app: Flask | None = None) -> Any:
+    """``--app-name trackbridge-auth``: MLflow's basic-auth app with the live API, authorized by MLflow users."""
+    if app is None:
+        from mlflow.server import app
+    from mlflow.server.auth import create_app as create_basic_auth_app
+
+    from .mlflow_auth import MlflowAuthorizer
+
+    host_app = create_basic_auth_app(app)  # MLflow's users, its auth routes and its permission checks
+    # The token does not apply here: MLflow's users are who may see runs.
+    return _serve_with(app, settings(use_token=False), authorizer=MlflowAuthorizer(), host_app=host_app)
+
+
+def settings(*, use_token: bool = True) -> WebSettings:
+    """The plugin's settings, from the environment (``mlflow server`` passes none of ours)."""
+    hosts = os.environ.get(ALLOWED_HOSTS_ENV) or os.environ.get(MLFLOW_ALLOWED_HOSTS_ENV) or ""
+    resolved = WebSettings.resolve(tracking_uri=_server_tracking_uri(), allowed_hosts=hosts)
+    return resolved if use_token else dataclasses.replace(resolved, token=None)
+
+
+def _serve_with(flask_app: Flask, live_settings: WebSettings, *, authorizer: Authorizer | None, host_app: Any = None) -> Any:
+    install_token_redaction()
     if _server_kind() == "uvicorn":
-        from mlflow.server.fastapi_app import create_fastapi_app
+        from .asgi import AsgiApp
 
-        from .asgi import install
+        if host_app is None:
+            from mlflow.server.fastapi_app import create_fastapi_app
 
-        asgi_app = create_fastapi_app(app)
-        # The stream and the WebSocket natively on uvicorn: no bridge thread per stream.
-        install(asgi_app, app.extensions[API_BLUEPRINT])
-        _end_streams_on_exit_signals(app)
-        return asgi_app
-    return app
+            host_app = create_fastapi_app(flask_app)
+        live = LiveApi(live_settings, authorizer=authorizer, page_prefix=PAGE_PREFIX, with_health=False)
+        _end_streams_on_exit_signals(live)
+        return AsgiApp(live, fallback=host_app)
+    mount(flask_app, live_settings, page_prefix=PAGE_PREFIX, authorizer=authorizer)
+    return host_app if host_app is not None else flask_app
 
 
-def _end_streams_on_exit_signals(app: Flask) -> None:
+def _end_streams_on_exit_signals(live: LiveApi) -> None:
     """Make Ctrl-C / SIGTERM end the open streams before uvicorn waits for them.
 
     uvicorn's shutdown waits for every open response to complete, and a live
@@ -83,7 +107,7 @@ def _end_streams_on_exit_signals(app: Flask) -> None:
             continue
 
         def handler(number: int, frame: Any, previous: Any = previous) -> None:
-            threading.Thread(target=end_streams, args=(app,), name="trackbridge-end-streams", daemon=True).start()
+            threading.Thread(target=live.close, name="trackbridge-end-streams", daemon=True).start()
             previous(number, frame)
 
         signal.signal(signum, handler)

@@ -1,7 +1,8 @@
 """Server-sent events framing: ``id:`` and ``data:`` lines, strict JSON, heartbeat comments.
 
-No ``event:`` line: a browser's ``EventSource.onmessage`` then sees every
-event, and the JSON's ``type`` says which one it is.
+:func:`frame` is the one place an SSE byte is made, for the WSGI and the ASGI
+transport alike. No ``event:`` line: a browser's ``EventSource.onmessage``
+then sees every event, and the JSON's ``type`` says which one it is.
 """
 
 from __future__ import annotations
@@ -27,24 +28,23 @@ class _Serialized:
     itself, so its id cannot be reused by another object while it is cached.
     """
 
-    def __init__(self, size: int = 512) -> None:
+    def __init__(self, size: int = 1024) -> None:
         self.size = size
         self._entries: OrderedDict[int, tuple[dict[str, Any], str, bytes]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, event: dict[str, Any]) -> tuple[str, bytes]:
         key = id(event)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and entry[0] is event:
-                return entry[1], entry[2]
+        entry = self._entries.get(key)  # a dict read is atomic: the lock guards only the writes
+        if entry is not None and entry[0] is event:
+            return entry[1], entry[2]
         text = dumps_strict(event)
-        frame = f"id: {event['id']}\ndata: {text}\n\n".encode("utf-8")
+        data = f"id: {event['id']}\ndata: {text}\n\n".encode("utf-8")
         with self._lock:
-            self._entries[key] = (event, text, frame)
+            self._entries[key] = (event, text, data)
             if len(self._entries) > self.size:
                 self._entries.popitem(last=False)
-        return text, frame
+        return text, data
 
 
 _SERIALIZED = _Serialized()
@@ -55,60 +55,41 @@ def event_json(event: dict[str, Any]) -> str:
     return _SERIALIZED.get(event)[0]
 
 
-def format_event(event: dict[str, Any]) -> bytes:
-    """The SSE frame ``id: <id>``, ``data: <strict JSON>``, blank line (strict JSON has no raw newline)."""
-    return _SERIALIZED.get(event)[1]
-
-
-class FrameBatcher:
-    """Turns what an EventStream (``mark_idle=True``) yields into SSE writes.
-
-    A burst of events (an epoch's end and its checkpoints) becomes one write:
-    events are held until the stream goes idle, a heartbeat (``None``) or the end.
-    The one place both the WSGI body and the ASGI body frame events.
-    """
-
-    def __init__(self) -> None:
-        self._batch: list[bytes] = []
-
-    def feed(self, item: Any) -> bytes | None:
-        """The bytes to send now, if ``item`` ends a burst; else None."""
-        if item is EventStream.IDLE:
-            return self.flush()
-        if item is None:
-            return (self.flush() or b"") + HEARTBEAT
-        self._batch.append(format_event(item))
-        return None
-
-    def flush(self) -> bytes | None:
-        if not self._batch:
-            return None
-        chunk, self._batch = b"".join(self._batch), []
-        return chunk
+def frame(events: Iterable[dict[str, Any]] | None) -> bytes:
+    """The SSE bytes of a batch of events (``id: <id>``, ``data: <strict JSON>``, blank line each);
+    ``None`` is a heartbeat comment. Strict JSON has no raw newline, so one ``data:`` line suffices."""
+    if events is None:
+        return HEARTBEAT
+    return b"".join(_SERIALIZED.get(event)[1] for event in events)
 
 
 def frames(items: Iterable[Any]) -> Iterator[bytes]:
-    """SSE bytes for what an EventStream (``mark_idle=True``) yields, a burst of events per write."""
-    batcher = FrameBatcher()
+    """SSE writes for what a blocking EventStream (``mark_idle=True``) yields: a burst per write."""
+    batch: list[dict[str, Any]] = []
     for item in items:
-        chunk = batcher.feed(item)
-        if chunk:
-            yield chunk
-    tail = batcher.flush()
-    if tail:
-        yield tail
+        if item is EventStream.IDLE or item is None:
+            if batch:
+                yield frame(batch)
+                batch = []
+            if item is None:
+                yield HEARTBEAT
+            continue
+        batch.append(item)
+    if batch:
+        yield frame(batch)
 
 
 class SSEBody:
-    """The response body of an SSE stream: an iterator of byte chunks that closes its stream.
+    """The WSGI body of an SSE stream: an iterator of byte chunks that closes its stream.
 
     A class, not a generator, so that the WSGI server's ``close()`` reaches
     the :class:`EventStream` (and unsubscribes) even when the client left
-    before the first chunk was asked for.
+    before the first chunk was asked for. ``on_close`` runs once, at the end.
     """
 
-    def __init__(self, stream: EventStream) -> None:
+    def __init__(self, stream: EventStream, on_close: Any = None) -> None:
         self.stream = stream
+        self._on_close = on_close
         self._chunks = self._generate()
 
     def _generate(self) -> Iterator[bytes]:
@@ -124,3 +105,6 @@ class SSEBody:
     def close(self) -> None:
         self._chunks.close()
         self.stream.close()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()

@@ -2,9 +2,10 @@
  * trackbridge dashboard: a client of the live API (DESIGN §5), and nothing else.
  *
  * The server puts two relative URLs on <body>: data-api (where /api is, seen
- * from this page) and data-root (the runs list). A ?token= in the page's own
- * URL is passed on to the API (Authorization header for fetch, ?token= for
- * EventSource, which cannot set headers) and kept on links between pages.
+ * from this page) and data-root (the runs list). A ?token= the page was opened
+ * with has already been exchanged by the server for an HttpOnly, SameSite=Strict
+ * cookie that every request of this page carries (fetch and EventSource alike):
+ * the page removes it from the address bar, and no URL it requests holds it.
  *
  * The run page draws the run's history from /metrics, then extends it from
  * the SSE stream. Epoch records are kept in a Map keyed by epoch, so a record
@@ -17,23 +18,25 @@
   var body = document.body;
   var API = body.dataset.api.replace(/\/+$/, "");
   var ROOT = body.dataset.root;
-  var TOKEN = new URLSearchParams(window.location.search).get("token");
+  // The token is in the cookie now: out of the address bar, the history and any Referer.
+  (function dropTokenFromUrl() {
+    var url = new URL(window.location.href);
+    if (!url.searchParams.has("token")) return;
+    url.searchParams.delete("token");
+    window.history.replaceState(window.history.state, "", url.pathname + url.search + url.hash);
+  })();
   var TERMINAL = { completed: true, failed: true, stopped: true };
   var TERMINAL_EVENTS = { training_complete: "completed", training_failed: "failed", training_stopped: "stopped" };
   var EVENT_TYPES = ["run_started", "epoch_end", "progress", "checkpoint_saved", "status",
     "training_complete", "training_failed", "training_stopped"];
 
   // ---------------------------------------------------------------- helpers
-  function withToken(url) {
-    if (!TOKEN) return url;
-    return url + (url.indexOf("?") >= 0 ? "&" : "?") + "token=" + encodeURIComponent(TOKEN);
-  }
-
   function api(path, options) {
     options = options || {};
     var headers = { Accept: "application/json" };
-    if (TOKEN) headers.Authorization = "Bearer " + TOKEN;
-    return fetch(API + path, { method: options.method || "GET", headers: headers, cache: "no-store" })
+    return fetch(API + path, {
+      method: options.method || "GET", headers: headers, cache: "no-store", credentials: "same-origin"
+    })
       .then(function (response) {
         return response.text().then(function (text) {
           var data = null;
@@ -113,10 +116,6 @@
   }
   function hideBanner() { banner.hidden = true; }
 
-  document.querySelectorAll("a[data-keep-token]").forEach(function (a) {
-    a.setAttribute("href", withToken(a.getAttribute("href")));
-  });
-
   // ------------------------------------------------------------- runs list
   function runsView() {
     var table = document.getElementById("runs");
@@ -126,7 +125,7 @@
     var labels = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) { return th.textContent; });
 
     function row(run) {
-      var link = el("a", { class: "run-link", href: withToken(ROOT + "runs/" + encodeURIComponent(run.run_id)), text: run.run_id });
+      var link = el("a", { class: "run-link", href: ROOT + "runs/" + encodeURIComponent(run.run_id), text: run.run_id });
       var status = el("span", { class: "status" });
       setStatus(status, run.status, run.error);
       var best = isNum(run.best_score)
@@ -487,7 +486,6 @@
     function openStream() {
       var params = new URLSearchParams();
       if (state.lastEventId > 0) params.set("last_event_id", String(state.lastEventId));
-      if (TOKEN) params.set("token", TOKEN);
       var query = params.toString();
       var source = new EventSource(API + "/training/" + encodeURIComponent(runId) + "/stream" + (query ? "?" + query : ""));
       state.stream = source;

@@ -1,0 +1,300 @@
+"""Benchmark: what trackbridge costs the training thread, per step and per epoch (issue 14).
+
+    python bench/bench_overhead.py --rounds 5
+
+Three workloads, every (variant, workload) in a fresh process, variants
+alternating (shuffled) within each round:
+
+  steps    a one-layer model, batch 1: 800 steps in 2 epochs, log_every_n_steps=1
+  epochs   the same model: 200 steps in 40 epochs
+  anchor   the classification reference model, 5 epochs x 50 steps, every-step logging
+
+Variants (each with Lightning's two ModelCheckpoints, best and last):
+
+  none          no logger, nothing else: the baseline
+  local         trackbridge with the mirror off: build_callbacks(mlflow=False, early_stopping_patience=0),
+                Trainer(callbacks=stack, logger=stack.logger)
+  full          trackbridge with the MLflow mirror, to a real `mlflow server` on 127.0.0.1
+  full_proxy    the same through bench/delay_proxy.py (+20 ms per request: a remote server)
+  mlflow        Lightning's MLFlowLogger (synchronous), direct
+  mlflow_async  MLFlowLogger(synchronous=False), direct
+  csv           Lightning's CSVLogger
+
+From the medians of the per-round differences to ``none`` on the two micro
+workloads (d_steps = 800 s + 2 e, d_epochs = 200 s + 40 e) the script solves
+for ``s``, the cost per step, and ``e``, the cost per epoch, on the training
+thread (wall time: background threads count as far as they take the GIL).
+For the trackbridge variants it checks that MLflow holds every point of the
+local record exactly once. Then, in this process, the writer's cost per
+epoch when metrics.json already holds 10 and 5,000 epochs, and the machine's
+load during the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import count_points, load_average, median_range, report, run_child, start_proxy, start_server, stop  # noqa: E402
+
+VARIANTS = ("none", "local", "full", "full_proxy", "mlflow", "mlflow_async", "csv")
+WORKLOADS = {"steps": (800, 2), "epochs": (200, 40), "anchor": (250, 5)}
+
+
+# -- one training, in a fresh process ------------------------------------------
+def child(variant: str, workload: str, uri: str | None, workdir: Path) -> dict:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    import lightning.pytorch as pl
+    import mlflow  # noqa: F401  (imported before the clock in every variant)
+    import torch
+
+    torch.set_num_threads(1)
+    from trackbridge.callbacks.checkpoints import best_checkpoint, last_checkpoint
+
+    steps, epochs = WORKLOADS[workload]
+    if workload == "anchor":
+        from trackbridge.reference import build_reference
+
+        pl.seed_everything(0, verbose=False)
+        module, data = build_reference("classification", seed=0, steps_per_epoch=steps // epochs)
+        fit_args: dict = {"datamodule": data}
+        task, monitor, mode = "classification", "val_accuracy", "max"
+    else:
+        module, fit_args = _micro(steps // epochs)
+        task, monitor, mode = "regression", "val_mae", "min"
+    ckpts = workdir / "checkpoints"
+    callbacks: list = [best_checkpoint(ckpts, monitor, mode), last_checkpoint(ckpts)]
+    logger: object = False
+    stack = None
+    if variant in ("local", "full", "full_proxy"):
+        from trackbridge import TrackingConfig, build_callbacks
+
+        stack = build_callbacks(TrackingConfig(
+            task=task, runs_root=workdir / "runs", tracking_uri=uri, experiment="bench",
+            mlflow=variant != "local", early_stopping_patience=0,
+        ))
+        callbacks, logger = list(stack), stack.logger
+    elif variant in ("mlflow", "mlflow_async"):
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        logger = MLFlowLogger(experiment_name="bench", tracking_uri=uri, synchronous=variant == "mlflow")
+    elif variant == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        logger = CSVLogger(workdir / "csv")
+    trainer = pl.Trainer(
+        max_epochs=epochs, callbacks=callbacks, logger=logger, log_every_n_steps=1, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, default_root_dir=workdir,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, **fit_args)
+    result: dict = {"fit_s": time.perf_counter() - start, "mlflow_run_id": None, "expected_points": None}
+    if stack is not None and variant != "local":
+        from trackbridge.mirror.backlog import record_points
+
+        stack.close()
+        result["mlflow_run_id"] = stack.run_dir.read_run()["mlflow"]["run_id"]
+        result["expected_points"] = len(record_points(stack.run_dir))
+    return result
+
+
+def _micro(per_epoch: int):
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class OneLayer(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.layer(x), y)
+            self.log("train_loss", loss, on_step=True, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            pred = self.layer(x)
+            self.log("val_loss", torch.nn.functional.mse_loss(pred, y))
+            self.log("val_mae", (pred - y).abs().mean())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(per_epoch, 4, generator=generator)
+    y = x.sum(1, keepdim=True)
+    train = DataLoader(TensorDataset(x, y), batch_size=1)
+    val = DataLoader(TensorDataset(x[:2], y[:2]), batch_size=2)
+    return OneLayer(), {"train_dataloaders": train, "val_dataloaders": val}
+
+
+# -- the writer at 10 and 5,000 epochs ------------------------------------------------
+def _busy(seconds: float) -> None:
+    """Pure-Python work holding the GIL, like a training thread between hooks."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        sum(range(200))
+
+
+def writer_cost(history: int, epochs: int = 40, epoch_s: float = 0.02) -> tuple[float, float]:
+    """What writing one epoch record costs a busy training thread when metrics.json holds ``history`` epochs.
+
+    Returns (training-thread ms per epoch, writer wall ms per epoch): the
+    first is the slowdown of a GIL-bound loop (``epoch_s`` of work per epoch)
+    while the writer rewrites metrics.json in the background, against the
+    same loop with no writer; the second the writer's own time per epoch,
+    fsync included.
+    """
+    from trackbridge.callbacks.record_writer import RecordWriter
+    from trackbridge.record import RunDirectory
+    from trackbridge.record.clock import utc_now_iso
+    from trackbridge.record.jsonio import write_json_atomic
+
+    root = Path(tempfile.mkdtemp(prefix="bench-writer-"))
+    try:
+        run_dir = RunDirectory(root, "long")
+        run_dir.create({})
+        record = {"train_loss": 0.123456, "val_loss": 0.234567, "val_mae": 0.345678, "lr": 0.001,
+                  "duration_s": 1.25, "time/data_wait_s": 0.01, "time/step_s": 1.2,
+                  "throughput/samples_per_s": 2048.0}
+        write_json_atomic(run_dir.metrics_json, {"epochs": [
+            {"epoch": i, **record, "time": utc_now_iso()} for i in range(1, history + 1)]})
+        writer = RecordWriter(run_dir, heartbeat_s=None)
+        writer.start()
+        start = time.perf_counter()
+        for _ in range(epochs):
+            _busy(epoch_s)
+        alone = time.perf_counter() - start
+        start = time.perf_counter()
+        for epoch in range(history + 1, history + epochs + 1):
+            _busy(epoch_s)
+            writer.epoch({"epoch": epoch, **record, "time": utc_now_iso()})
+        writer.flush()
+        with_writer = time.perf_counter() - start
+        flushed = time.perf_counter()
+        for epoch in range(history + epochs + 1, history + epochs + 11):
+            writer.epoch({"epoch": epoch, **record, "time": utc_now_iso()})
+            writer.flush()
+        own = (time.perf_counter() - flushed) / 10
+        writer.close()
+        return max(0.0, with_writer - alone) / epochs * 1e3, own * 1e3
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# -- the parent ---------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; each runs every variant once [5]")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list of steps, epochs, anchor")
+    parser.add_argument("--delay-ms", type=float, default=20.0, help="delay the proxy adds per request [20]")
+    parser.add_argument("--json", metavar="PATH", help="also write every measurement to PATH")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--workload", help=argparse.SUPPRESS)
+    parser.add_argument("--uri", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        report(child(args.child, args.workload, args.uri or None, Path(args.workdir)))
+        return
+
+    from mlflow.tracking import MlflowClient
+
+    variants = [v for v in args.variants.split(",") if v]
+    if "none" not in variants:
+        variants.insert(0, "none")
+    workloads = [w for w in args.workloads.split(",") if w]
+    scratch = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    server, url = start_server(scratch)
+    proxy, proxy_url = start_proxy(url, args.delay_ms)
+    uris = {"full": url, "full_proxy": proxy_url, "mlflow": url, "mlflow_async": url}
+    client = MlflowClient(url)
+    rows: list[dict] = []
+    loads = [load_average()]
+    try:
+        print(f"mlflow server {url}, proxy {proxy_url} (+{args.delay_ms:g} ms), load {loads[0]}", file=sys.stderr)
+        cases = [(v, w) for v in variants for w in workloads]
+        for round_index in range(args.rounds):
+            random.Random(round_index).shuffle(cases)
+            for variant, workload in cases:
+                result = run_child(__file__, [variant, "--workload", workload, "--uri", uris.get(variant, "")], scratch)
+                row = {"round": round_index, "variant": variant, "workload": workload, "fit_s": result["fit_s"]}
+                if result["mlflow_run_id"]:
+                    row["points"], row["dup"] = count_points(client, result["mlflow_run_id"])
+                    row["expected"] = result["expected_points"]
+                rows.append(row)
+                print(f"round {round_index + 1}: {variant:<13} {workload:<7} {result['fit_s']:.3f} s",
+                      file=sys.stderr, flush=True)
+            loads.append(load_average())
+    finally:
+        stop(proxy, server)
+        shutil.rmtree(scratch, ignore_errors=True)
+    long_runs = {n: writer_cost(n) for n in (10, 5000)}
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "writer": long_runs, "load": loads}, indent=1))
+    print(table(rows, variants, workloads, args.rounds, args.delay_ms, long_runs, loads))
+
+
+def table(rows, variants, workloads, rounds, delay_ms, long_runs, loads) -> str:
+    fit: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    checks: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        fit[(row["variant"], row["workload"])][row["round"]] = row["fit_s"]
+        if "points" in row:
+            checks[row["variant"]].append(row)
+    lines = [
+        f"{rounds} rounds; medians (min–max); ratio = fit time / `none` fit time of the same round; "
+        f"proxy +{delay_ms:g} ms per request; load average during the run: {', '.join(loads)}",
+        "",
+        "| variant | " + " | ".join(f"{w}: fit s | {w}: ratio" for w in workloads)
+        + " | µs / step | ms / epoch | MLflow points: exactly once |",
+        "|---|" + "---:|---:|" * len(workloads) + "---:|---:|---|",
+    ]
+    for variant in variants:
+        cells = []
+        deltas: dict[str, float] = {}
+        for workload in workloads:
+            mine, base = fit[(variant, workload)], fit[("none", workload)]
+            ratios = [mine[r] / base[r] for r in mine if r in base]
+            cells += [f"{statistics.median(mine.values()):.3f}", median_range(ratios)]
+            deltas[workload] = statistics.median(mine[r] - base[r] for r in mine if r in base)
+        per_step = per_epoch = "–"
+        if variant != "none" and "steps" in deltas and "epochs" in deltas:
+            steps1, epochs1 = WORKLOADS["steps"]
+            steps2, epochs2 = WORKLOADS["epochs"]
+            e = (deltas["epochs"] - deltas["steps"] * steps2 / steps1) / (epochs2 - epochs1 * steps2 / steps1)
+            s = (deltas["steps"] - epochs1 * e) / steps1
+            per_step, per_epoch = f"{s * 1e6:.1f}", f"{e * 1e3:.2f}"
+        once = "–"
+        if checks.get(variant):
+            ok = all(r["dup"] == 0 and r["points"] == r["expected"] for r in checks[variant])
+            once = ("yes" if ok else "NO") + " (" + ", ".join(
+                sorted({f"{r['points']}/{r['expected']}" for r in checks[variant]})) + ")"
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {per_step} | {per_epoch} | {once} |")
+    lines += ["", "Long runs: one epoch record written while metrics.json already holds N epochs "
+              "(a GIL-bound loop of 20 ms per epoch stands in for the training thread):", "",
+              "| N | training-thread ms / epoch | writer ms / epoch (fsync included) |", "|---:|---:|---:|"]
+    for n, (cost, own) in long_runs.items():
+        lines.append(f"| {n} | {cost:.2f} | {own:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

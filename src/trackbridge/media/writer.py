@@ -1,0 +1,205 @@
+"""MediaWriter: the one background thread of a run's media (render, encode, write, notify).
+
+The training thread only enqueues jobs (a key, a step, a function that draws); this thread
+runs them in order, writes each result through the :class:`~trackbridge.record.media.MediaLog`
+and hands the media.jsonl entry to ``on_entry``. A job that raises is reported once per key
+and counted; nothing here ever raises into training. A full queue drops the new job (with
+one warning) rather than blocking the training thread; so does a spent byte budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol
+
+from ..console import announce
+from ..record.media import MediaKind, MediaLog
+from .images import EncodedImage
+
+log = logging.getLogger("trackbridge")
+
+MediaEntry = dict[str, Any]
+EntryHook = Callable[[MediaEntry], None]
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What a job drew: an encoded image, its caption and the numbers it shows (or None)."""
+
+    image: EncodedImage
+    caption: str | None = None
+    data: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class MediaJob:
+    """One key at one step; ``render`` runs on the media thread and returns one or more images."""
+
+    key: str
+    step: int
+    epoch: int
+    kind: MediaKind
+    render: Callable[[], Rendered | Sequence[Rendered]]
+
+
+class ErrorSink(Protocol):
+    """What counts failures and reports each kind once: the stack's ``TrackingErrors``
+    (:class:`trackbridge.callbacks.guard.TrackingErrors`), so media failures count in
+    ``run.json`` with the rest of the tracking errors."""
+
+    count: int
+
+    def record(self, where: str, what: str, exc: BaseException) -> None: ...
+
+
+class MediaWriter:
+    """Runs :class:`MediaJob` objects on one daemon thread, started on the first job.
+
+    ``on_entry`` is called on that thread with each entry once its line is in media.jsonl;
+    ``failures`` hears of every job that fails.
+    The thread, its queue and locks are recreated after pickling (``ddp_spawn``).
+    """
+
+    def __init__(
+        self,
+        record: MediaLog,
+        on_entry: EntryHook | None = None,
+        *,
+        failures: ErrorSink,
+        max_pending: int = 64,
+    ) -> None:
+        self.record = record
+        self.on_entry = on_entry
+        self.failures = failures
+        self.max_pending = max_pending
+        self.written = 0
+        self.busy_s = 0.0  # time the media thread spent on jobs: drawing, encoding, writing
+        self._dropped_warned = False
+        self._full_warned = False
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(self.max_pending)
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for name in ("_queue", "_thread", "_start_lock"):
+            state.pop(name)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
+
+    def submit(self, job: MediaJob) -> bool:
+        """Queue ``job``; False (and one warning per run) when the queue is full or the budget spent."""
+        if self.record.full:
+            return False
+        self._ensure_started()
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            if not self._dropped_warned:
+                self._dropped_warned = True
+                announce(
+                    f"the media thread is {self.max_pending} jobs behind; dropping {job.key!r} at step "
+                    f"{job.step} (and later media while it stays behind)", log,
+                )
+            return False
+        return True
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every job queued so far is done; False if ``timeout`` seconds pass first."""
+        if self._thread is None or not self._thread.is_alive():
+            return True
+        done = threading.Event()
+        try:
+            self._queue.put(done, timeout=timeout)
+        except queue.Full:
+            return False
+        return done.wait(timeout)
+
+    def close(self, timeout: float) -> bool:
+        """Finish the queued jobs (up to ``timeout`` seconds) and stop the thread."""
+        finished = self.flush(timeout)
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            try:
+                self._queue.put(_STOP, timeout=max(timeout, 0.1))
+            except queue.Full:
+                return False
+            thread.join(timeout if finished else 0.1)
+        self._thread = None
+        return finished
+
+    def _ensure_started(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="trackbridge-media", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            start = time.perf_counter()
+            try:
+                self._do(item)
+            except Exception as exc:  # the last guard: this thread outlives any job
+                self.failures.record("media", item.key, exc)
+            self.busy_s += time.perf_counter() - start
+
+    def _do(self, job: MediaJob) -> None:
+        if self.record.full:
+            return  # no drawing for media that would not be kept
+        try:
+            rendered = job.render()
+        except Exception as exc:  # a figure that raises never reaches training
+            self.failures.record("media", job.key, exc)
+            return
+        for item in [rendered] if isinstance(rendered, Rendered) else rendered:
+            try:
+                entry = self.record.add(
+                    job.key,
+                    step=job.step,
+                    epoch=job.epoch,
+                    kind=job.kind,
+                    image=item.image.data,
+                    width=item.image.width,
+                    height=item.image.height,
+                    image_format=item.image.image_format,
+                    caption=item.caption,
+                    data=item.data,
+                )
+            except (OSError, ValueError) as exc:  # a full disk, a value strict JSON refuses
+                self.failures.record("media", job.key, exc)
+                continue
+            if entry is None:
+                self._budget_spent(job)
+                return
+            self.written += 1
+            if self.on_entry is not None:
+                self.on_entry(entry)
+
+    def _budget_spent(self, job: MediaJob) -> None:
+        if self._full_warned:
+            return
+        self._full_warned = True
+        record = self.record
+        announce(
+            f"media budget of {record.max_bytes / 2**20:.0f} MB reached ({record.bytes_used / 2**20:.1f} MB "
+            f"written; {job.key!r} at step {job.step} did not fit): no more media is recorded for this run "
+            "(raise media_max_bytes to keep more)", log,
+        )
