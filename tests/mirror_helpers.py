@@ -41,7 +41,8 @@ def assert_history_equals_record(client: MlflowClient, run_dir: RunDirectory, ml
     remote = mlflow_series(client, mlflow_run_id, local)
     assert "train_loss_step" in local and "val_loss" in local  # both kinds of points are compared
     for key, points in local.items():
-        assert sorted(remote[key]) == sorted(points), f"MLflow history of {key!r} differs from the record"
+        assert sorted(remote[key]) == sorted(points), (
+            f"MLflow history of {key!r} differs from the record: {sorted(remote[key])} != {sorted(points)}")
         steps = [step for step, _ in remote[key]]
         assert len(steps) == len(set(steps)), f"duplicate steps in MLflow's {key!r}"
     extra = set(client.get_run(mlflow_run_id).data.metrics) - set(local)

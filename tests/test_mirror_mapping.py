@@ -123,7 +123,7 @@ def test_cursor_watermarks_only_move_forward(runs_root):
     cursor.add_pending(["checkpoints/best.ckpt"])
     cursor.remove_pending(["metrics.json"])
     stored = cursor_of(run_dir.read_run())
-    assert (stored["last_epoch_mirrored"], stored["last_step_mirrored"]) == (3, 40)
+    assert (stored["last_epoch_mirrored"], stored["last_step_line_mirrored"]) == (3, 40)
     assert stored["artifacts_pending"] == ["checkpoints/best.ckpt"]
 
 

@@ -186,7 +186,8 @@ def test_resume_continues_the_same_mlflow_run_without_duplicate_steps(runs_root,
         fit_tiny(runs_root, again, mlflow_server.url, module=TinyRegressor(fail_at_step=21), epochs=4)
     run_dir = RunDirectory(runs_root, again)
     first = run_dir.read_run()["mlflow"]
-    assert first["last_step_mirrored"] > 16  # beyond last.ckpt (end of epoch 2, global step 16)
+    # beyond last.ckpt (end of epoch 2, global step 16: steps 1, 3, ..., 15 are lines 0-7 of steps.jsonl)
+    assert first["last_step_line_mirrored"] > 7
     first_steps = [json.loads(line) for line in run_dir.steps_jsonl.read_text().splitlines()]
 
     _, mirror, _ = fit_tiny(runs_root, again, mlflow_server.url, epochs=4, resume=True)

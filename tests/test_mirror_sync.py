@@ -46,7 +46,7 @@ def test_sync_goes_where_run_json_says_unless_told_and_prints_it(runs_root, mlfl
     assert f"syncing to {mlflow_server.url} (--tracking-uri)" in result.stderr
     assert f"+{STEPS + 8 * EPOCHS} points" in result.stdout
     cursor = run_dir.read_run()["mlflow"]
-    assert cursor["tracking_uri"] == mlflow_server.url and cursor["last_step_mirrored"] == STEPS - 1
+    assert cursor["tracking_uri"] == mlflow_server.url and cursor["last_step_line_mirrored"] == STEPS - 1
     assert total_points(MlflowClient(mlflow_server.url), cursor["run_id"]) == STEPS + 8 * EPOCHS
 
 

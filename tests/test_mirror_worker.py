@@ -234,23 +234,24 @@ def test_worker_replays_what_the_cursor_lacks_and_sends_no_point_twice(run_dir):
     run_dir.write_metrics([epoch(1), epoch(2), epoch(3)])
     run_dir.steps_jsonl.write_text("".join(json.dumps(step_line(n)) + "\n" for n in range(1, 11)))
     run_dir.update_run(lambda run: run["mlflow"].update(run_id="mlflow-run", last_epoch_mirrored=1,
-                                                       last_step_mirrored=4))
+                                                       last_step_line_mirrored=3))  # steps 1-4 are there
     writer, said = FakeWriter(run_dir), []
-    worker = make_worker(writer, said)
+    worker = make_worker(writer, said)  # started: the record so far is history
     worker.log_epoch(epoch(3, extra=9.0))  # the record holds epoch 3: a re-run is not sent again
-    worker.log_step(step_line(8))
-    worker.log_step(step_line(12))
+    for line in (step_line(5), step_line(12)):  # new lines, as the record writer hands them over ...
+        with open(run_dir.steps_jsonl, "a") as fh:  # ... once written: a user's step 5 again, then step 12
+            fh.write(json.dumps(line) + "\n")
+        worker.log_step(line)
     worker.log_epoch(epoch(4))
     worker.end_run("FINISHED", None, [], None, timeout=1.0)
 
     assert worker.close() is True
-    sent = [(p.key, p.step) for p in writer.points]
-    assert len(sent) == len(set(sent))
-    assert sorted(step for key, step in sent if key == "loss_step") == [5, 6, 7, 8, 9, 10, 12]
-    assert sorted(step for key, step in sent if key == "loss") == [2, 3, 4]
-    assert ("extra", 3) not in sent
+    sent = [(p.key, p.step, p.value) for p in writer.points]
+    assert sorted(step for key, step, _ in sent if key == "loss_step") == [5, 5, 6, 7, 8, 9, 10, 12]
+    assert sorted(step for key, step, _ in sent if key == "loss") == [2, 3, 4]
+    assert ("extra", 3, 9.0) not in sent
     stored = cursor(run_dir)
-    assert (stored["last_epoch_mirrored"], stored["last_step_mirrored"]) == (4, 12)
+    assert (stored["last_epoch_mirrored"], stored["last_step_line_mirrored"]) == (4, 11)
 
 
 def test_worker_logs_new_params_only_and_warns_once_about_a_change(run_dir, caplog):

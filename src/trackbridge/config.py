@@ -113,12 +113,14 @@ class TrackingConfig:
         # The frozen mapping does not pickle (ddp_spawn pickles the whole stack): travel as a dict.
         state = {f.name: getattr(self, f.name) for f in fields(self)}
         state["hyperparameters"] = dict(self.hyperparameters)
+        state["tags"] = dict(self.tags)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
             object.__setattr__(self, name, value)
         object.__setattr__(self, "hyperparameters", MappingProxyType(dict(state.get("hyperparameters") or {})))
+        object.__setattr__(self, "tags", MappingProxyType(dict(state.get("tags") or {})))
 
     @property
     def task_spec(self) -> TaskSpec:

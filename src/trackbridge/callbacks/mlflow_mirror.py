@@ -7,7 +7,7 @@ images), and each goes to the run's
 call through the run's :class:`~trackbridge.mirror.writer.RunWriter`.
 Training never waits on MLflow, and an MLflow outage never fails it.
 
-When training ends, ``fit`` waits at most ``flush_timeout_s`` for the worker
+When fit ends (its ``teardown``), ``fit`` waits at most ``flush_timeout_s`` for the worker
 to deliver the rest (last points, checkpoints, metrics.json, run.json,
 training.log, the status, a registration), with the requests overlapped;
 whatever does not make it is left in run.json's cursor for ``trackbridge sync``.
@@ -66,6 +66,7 @@ class MLflowMirror(pl.Callback):
         self._broadcast_run_id: str | None = None
         self._mtimes: dict[str, int | None] = {}
         self._fitting = False
+        self._train_ended = False
 
     @property
     def mlflow_run_id(self) -> str | None:
@@ -115,8 +116,7 @@ class MLflowMirror(pl.Callback):
             self._fitting = stage == "fit"
             self.session.mirror = self
             self.worker = self._make_worker(trainer, pl_module, fit=self._fitting)
-            self.worker.start()
-            self._subscribe()
+            self._start_and_subscribe(self.worker)
         if stage == "fit" and trainer.world_size > 1:
             # Every rank learns the run id; the wait is bounded and happens once, before training.
             if self.worker is not None:
@@ -150,16 +150,29 @@ class MLflowMirror(pl.Callback):
             return
         cursor.update(run_id=run_id, adopted=True, tracking_uri=uri, experiment=None, experiment_id=None)
 
-    def _subscribe(self) -> None:
-        """The mirror gets what the local record holds, once it holds it (never what it does not)."""
+    def _start_and_subscribe(self, worker: MirrorWorker) -> None:
+        """Start the worker and give it what the local record holds from then on (never what it does not).
+
+        Both happen in the record writer's thread, between two of its waves:
+        what is written before is history the worker replays from the files,
+        what is written after reaches it from the writer, and no line is both.
+        """
         writer = self.session.writer
-        if writer is not None:
-            writer.subscribe("steps", self._on_steps)
-            for kind, method in SUBSCRIPTIONS:
-                writer.subscribe(kind, getattr(self.worker, method))
-        media = getattr(self.session, "media", None)
-        if media is not None and hasattr(media, "mirror_hook"):
-            media.mirror_hook = self.worker.log_media  # type: ignore[union-attr]  # after its line is written
+
+        def attach() -> None:
+            worker.start()
+            if writer is not None:
+                writer.subscribe("steps", self._on_steps)
+                for kind, method in SUBSCRIPTIONS:
+                    writer.subscribe(kind, getattr(worker, method))
+            media = getattr(self.session, "media", None)
+            if media is not None and hasattr(media, "mirror_hook"):
+                media.mirror_hook = worker.log_media  # called once an entry's line is written
+
+        if writer is None:
+            attach()
+        else:
+            writer.call(attach, wake=True)
 
     def _unsubscribe(self, worker: MirrorWorker) -> None:
         writer = self.session.writer
@@ -196,18 +209,18 @@ class MLflowMirror(pl.Callback):
 
     @tracking_hook
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.worker is None or not self._fitting:
-            return
-        status, _ = self.session.outcome()
-        self.session.flush()  # the last step lines reach the worker through the writer
-        self._finish(status, pl_module)
+        # The end goes out in teardown: Lightning may still log the last step's metrics after
+        # on_train_end (a stopped run's last batch), and the record takes them.
+        self._train_ended = self._fitting
 
     @tracking_hook
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if self.worker is None or not self._fitting or not self.worker.alive:
+        if self.worker is None or not self._fitting:
+            return
+        self.session.flush()  # the last lines reach the worker (and a worker not started yet starts)
+        if not self.worker.alive:
             return
         status, error = self.session.outcome(exception)
-        self.session.flush()
         self._finish(status, pl_module, error)
 
     @tracking_hook
@@ -215,20 +228,23 @@ class MLflowMirror(pl.Callback):
         worker = self.worker
         if worker is None:
             return
+        self.session.flush()  # the last lines reach the worker through the writer
         if worker.alive:
             if stage in STAGES and not self._fitting:
                 self._finish_stage(trainer, stage)
-            else:  # fit ended without on_train_end/on_exception
+            elif self._train_ended:
+                status, _ = self.session.outcome()
+                self._finish(status, pl_module)
+            else:  # fit ended without training (an error before it began was on_exception's)
                 worker.close(self.config.flush_timeout_s)
         if stage == "fit":
-            self._fitting = False
+            self._fitting = self._train_ended = False
         self._unsubscribe(worker)
 
     def _finish_stage(self, trainer: pl.Trainer, stage: str) -> None:
         """A validate/test after fit: its stage entry (written by now), its dataset, the files; no status."""
         worker = self.worker
         assert worker is not None
-        self.session.flush()
         try:
             stages = read_json(self.run_dir.metrics_json).get("stages") or []
         except (FileNotFoundError, ValueError):

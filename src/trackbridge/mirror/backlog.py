@@ -18,7 +18,6 @@ already recorded, so a point past a watermark is never a second value for a
 
 from __future__ import annotations
 
-import re
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 from ..record.jsonio import read_json, read_jsonl
@@ -28,9 +27,6 @@ from .mapping import Stream, Tracked, tracked_epoch, tracked_stage, tracked_step
 
 SYSTEM_JSONL = "system.jsonl"
 MEDIA_JSONL = "media.jsonl"
-# steps.jsonl and system.jsonl lines start with their step: lines at or below a
-# watermark are skipped without parsing them (a no-op sync of 100,000 steps).
-_LEADING_STEP = re.compile(r'\{"step":\s*(-?\d+)[,}]')
 
 
 class LocalRecord(NamedTuple):
@@ -38,105 +34,101 @@ class LocalRecord(NamedTuple):
 
     epochs: list[dict[str, Any]]
     stages: list[dict[str, Any]]
-    steps: list[dict[str, Any]]
-    system: list[dict[str, Any]]
+    steps: list[tuple[int, dict[str, Any]]]  # (line index, steps.jsonl line)
+    system: list[tuple[int, dict[str, Any]]]  # (line index, system.jsonl sample)
     media: list[dict[str, Any]]  # every line, in order (index = mark)
+    step_lines: int  # how many lines steps.jsonl holds (those left out unread included)
+    system_lines: int
 
     def tops(self) -> dict[Stream, int | None]:
         """The last mark of each stream: where the watermarks stand once all of it is in MLflow."""
         return {
             Stream.EPOCH: max((int(r["epoch"]) for r in self.epochs), default=None),
             Stream.STAGE: (len(self.stages) - 1) if self.stages else None,
-            Stream.STEP: max((int(line["step"]) for line in self.steps), default=None),
-            Stream.SYSTEM: max((int(line["step"]) for line in self.system), default=None),
+            Stream.STEP: (self.step_lines - 1) if self.step_lines else None,
+            Stream.SYSTEM: (self.system_lines - 1) if self.system_lines else None,
             Stream.MEDIA: (len(self.media) - 1) if self.media else None,
         }
 
 
 def record_tops(run_dir: RunDirectory) -> dict[Stream, int | None]:
-    """The last mark of each stream, reading only the ends of steps.jsonl and system.jsonl."""
+    """The last mark of each stream, counting the lines of steps.jsonl and system.jsonl without parsing them."""
     try:
         metrics = read_json(run_dir.metrics_json)
     except (FileNotFoundError, ValueError):
         metrics = {}
     epochs = [int(r["epoch"]) for r in metrics.get("epochs", []) if isinstance(r, dict) and "epoch" in r]
     stages = metrics.get("stages") or []
-    media = sum(1 for _ in read_jsonl(run_dir.path / MEDIA_JSONL))
+    counts = {name: _count_lines(run_dir.path / name) for name in (RunDirectory.STEPS_JSONL, SYSTEM_JSONL, MEDIA_JSONL)}
     return {
         Stream.EPOCH: max(epochs, default=None),
         Stream.STAGE: (len(stages) - 1) if stages else None,
-        Stream.STEP: _last_step(run_dir.steps_jsonl),
-        Stream.SYSTEM: _last_step(run_dir.path / SYSTEM_JSONL),
-        Stream.MEDIA: (media - 1) if media else None,
+        Stream.STEP: counts[RunDirectory.STEPS_JSONL] - 1 if counts[RunDirectory.STEPS_JSONL] else None,
+        Stream.SYSTEM: counts[SYSTEM_JSONL] - 1 if counts[SYSTEM_JSONL] else None,
+        Stream.MEDIA: counts[MEDIA_JSONL] - 1 if counts[MEDIA_JSONL] else None,
     }
 
 
-def _last_step(path: Any, tail_bytes: int = 65536) -> int | None:
-    """The ``step`` of the last whole line of a JSON-lines file whose steps grow."""
-    import json
-    import os
-
+def _count_lines(path: Any) -> int:
+    """Whole lines of a JSON-lines file (a torn last line, without its newline, is not one)."""
     try:
         with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, size - tail_bytes))
-            lines = fh.read().split(b"\n")
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
     except FileNotFoundError:
-        return None
-    # the last piece follows the last newline: empty, or a torn line that readers skip;
-    # the first is cut by the seek unless the whole file was read
-    whole = lines[:-1] if size <= tail_bytes else lines[1:-1]
-    for raw in reversed(whole):
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            continue  # empty, torn, or cut by the seek
-        if isinstance(value, dict) and "step" in value:
-            return int(value["step"])
-    return None
+        return 0
 
 
 def read_record(run_dir: RunDirectory, after: Mapping[Stream, int | None] | None = None) -> LocalRecord:
-    """The local record; step and system lines at or below ``after``'s marks are left out unread.
+    """The local record; step and system lines at or below ``after``'s marks are counted, not parsed.
 
     Epochs, stages and media are always read whole (small); their tops need
-    every line.
+    every entry.
     """
     after = after or {}
     try:
         metrics = read_json(run_dir.metrics_json)
     except FileNotFoundError:
         metrics = {}
+    steps, step_lines = _lines_after(run_dir.steps_jsonl, after.get(Stream.STEP))
+    system, system_lines = _lines_after(run_dir.path / SYSTEM_JSONL, after.get(Stream.SYSTEM))
     return LocalRecord(
         epochs=[r for r in metrics.get("epochs", []) if isinstance(r, dict) and "epoch" in r],
         stages=[s for s in metrics.get("stages", []) or [] if isinstance(s, dict)],
-        steps=list(_lines_after(run_dir.steps_jsonl, after.get(Stream.STEP))),
-        system=list(_lines_after(run_dir.path / SYSTEM_JSONL, after.get(Stream.SYSTEM))),
+        steps=steps,
+        system=system,
         media=[m for m in read_jsonl(run_dir.path / MEDIA_JSONL) if isinstance(m, dict)],
+        step_lines=step_lines,
+        system_lines=system_lines,
     )
 
 
-def _lines_after(path: Any, mark: int | None) -> Iterator[dict[str, Any]]:
+def _lines_after(path: Any, mark: int | None) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    """``([(index, line), ...] past ``mark``, number of whole lines)``; the lines up to ``mark`` are skipped unparsed.
+
+    Not :func:`~trackbridge.record.jsonio.read_jsonl`: a no-op sync of a long
+    run must not parse 100,000 lines it already sent.
+    """
     import json
 
+    found: list[tuple[int, dict[str, Any]]] = []
+    index = -1
     try:
         fh = open(path, encoding="utf-8")
     except FileNotFoundError:
-        return
+        return found, 0
     with fh:
-        for line in fh:
+        for index, line in enumerate(fh):
             if not line.endswith("\n"):
-                break  # a torn last line: being written, or never finished
-            if mark is not None:
-                match = _LEADING_STEP.match(line)
-                if match and int(match.group(1)) <= mark:
-                    continue
+                return found, index  # a torn last line: being written, or never finished
+            if mark is not None and index <= mark:
+                continue
             try:
                 value = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(value, dict) and "step" in value and (mark is None or int(value["step"]) > mark):
-                yield value
+            if isinstance(value, dict) and "step" in value:
+                found.append((index, value))
+    return found, index + 1
 
 
 class Backlog(NamedTuple):
@@ -168,12 +160,12 @@ def points_after(record: LocalRecord, marks: Mapping[Stream, int | None]) -> Ite
     for record_ in record.epochs:
         if past(Stream.EPOCH, int(record_["epoch"])):
             yield from tracked_epoch(record_)
-    for line in record.steps:
-        if past(Stream.STEP, int(line["step"])):
-            yield from tracked_step(line)
-    for line in record.system:
-        if past(Stream.SYSTEM, int(line["step"])):
-            yield from tracked_system(line)
+    for index, line in record.steps:
+        if past(Stream.STEP, index):
+            yield from tracked_step(index, line)
+    for index, line in record.system:
+        if past(Stream.SYSTEM, index):
+            yield from tracked_system(index, line)
     for index, entry in enumerate(record.stages):
         if past(Stream.STAGE, index):
             yield from tracked_stage(index, entry)

@@ -8,8 +8,8 @@
       "run_id": "<MLflow run id>", "url": "<MLflow UI page>",
       "adopted": false,               # true: a run the user (or MLFLOW_RUN_ID) started; its status is theirs
       "last_epoch_mirrored": 3,       # every metrics.json epoch point up to this epoch is in MLflow
-      "last_step_mirrored": 149,      # every steps.jsonl point up to this global step too
-      "last_system_mirrored": 12,     # every system.jsonl sample up to this sample step
+      "last_step_line_mirrored": 149, # every point of steps.jsonl's lines 0..149 too
+      "last_system_line_mirrored": 12,  # every system.jsonl sample of lines 0..12
       "last_stage_mirrored": 0,       # every metrics.json stage up to this index
       "last_media_mirrored": 5,       # every media.jsonl line up to this index (0-based)
       "params_mirrored": true, "inputs_mirrored": true,

@@ -7,9 +7,9 @@ crash costs a request, never a duplicate).
 
 Each point belongs to a :class:`Stream` (epoch records, steps.jsonl lines,
 system.jsonl samples, metrics.json stages) and has a *mark* in it: the epoch,
-the global step, the sample step, the stage's index. Marks grow within a
-stream, which is what lets the cursor say "everything up to mark N is in
-MLflow" with one number per stream.
+else the entry's position in its file. Marks grow within a stream, which is
+what lets the cursor say "everything up to mark N is in MLflow" with one
+number per stream.
 """
 
 from __future__ import annotations
@@ -55,18 +55,33 @@ SYSTEM_PREFIX = "system/"  # MLflow's own prefix for system metrics (its System 
 
 
 class Stream(str, Enum):
-    """A part of the local record whose entries reach MLflow in order, each with a growing mark."""
+    """A part of the local record whose entries reach MLflow in order, each with a growing mark.
+
+    The mark is what grows in the file whatever the user logs: the epoch of
+    an epoch record, else the entry's position in its file (steps.jsonl
+    lines may repeat or go back in ``step``: a user's ``log_metrics`` at any
+    step, several lines at one step).
+    """
 
     EPOCH = "epoch"  # metrics.json epochs; mark = epoch
-    STEP = "step"  # steps.jsonl lines; mark = global step
-    SYSTEM = "system"  # system.jsonl samples; mark = sample step
+    STEP = "step"  # steps.jsonl lines; mark = line index (0-based)
+    SYSTEM = "system"  # system.jsonl samples; mark = line index
     STAGE = "stage"  # metrics.json stages; mark = index in the list
     MEDIA = "media"  # media.jsonl lines; mark = line index
 
     @property
     def field(self) -> str:
-        """The cursor's watermark of this stream (``last_epoch_mirrored``, ...)."""
-        return f"last_{self.value}_mirrored"
+        """The cursor's watermark of this stream."""
+        return _FIELDS[self]
+
+
+_FIELDS = {
+    Stream.EPOCH: "last_epoch_mirrored",
+    Stream.STEP: "last_step_line_mirrored",
+    Stream.SYSTEM: "last_system_line_mirrored",
+    Stream.STAGE: "last_stage_mirrored",
+    Stream.MEDIA: "last_media_mirrored",
+}
 
 
 class Point(NamedTuple):
@@ -149,14 +164,12 @@ def tracked_epoch(record: Mapping[str, Any]) -> list[Tracked]:
     return [Tracked(Stream.EPOCH, mark, p) for p in epoch_points(record)]
 
 
-def tracked_step(line: Mapping[str, Any]) -> list[Tracked]:
-    mark = int(line["step"])
-    return [Tracked(Stream.STEP, mark, p) for p in step_points(line)]
+def tracked_step(index: int, line: Mapping[str, Any]) -> list[Tracked]:
+    return [Tracked(Stream.STEP, index, p) for p in step_points(line)]
 
 
-def tracked_system(line: Mapping[str, Any]) -> list[Tracked]:
-    mark = int(line["step"])
-    return [Tracked(Stream.SYSTEM, mark, p) for p in system_points(line)]
+def tracked_system(index: int, line: Mapping[str, Any]) -> list[Tracked]:
+    return [Tracked(Stream.SYSTEM, index, p) for p in system_points(line)]
 
 
 def tracked_stage(index: int, entry: Mapping[str, Any]) -> list[Tracked]:

@@ -125,10 +125,9 @@ class Pending:
     def history(self, tops: Mapping[Stream, int | None]) -> None:
         """The record's last marks when the worker started: live entries at or below them are history.
 
-        Such an entry is either in the record already (the replay sends it
-        from there) or was not recorded at all (a resumed run re-running a
-        step the record holds: DESIGN §6's monotonic steps); either way the
-        live copy is not sent.
+        Such an entry is in the record already, and the replay sends it from
+        there; a live copy (an epoch a resumed run re-runs, which the record
+        writer does not record again: DESIGN §6's monotonic steps) is not sent.
         """
         for stream, top in tops.items():
             if top is not None:

@@ -20,11 +20,12 @@ Public methods (any thread; each only puts a small item on a queue)::
     wait_for_run_id(timeout) -> str | None              the one bounded wait, for a logger's run_id/experiment
     state (WorkerState), stats (MirrorStats), delivered, crashed
 
-Entries must be written to the local record before they are handed over:
-the record is the source of truth and the worker reads it to replay what
-MLflow lacks. On (first) connection it does exactly that — everything past
-the cursor's watermarks (a resumed run's history, anything a crash left) —
-before new points; a mark already taken on a stream is never taken twice.
+Entries must be written to the local record before they are handed over,
+in the order they were written: the record is the source of truth, and the
+worker reads it to replay what MLflow lacks. What the record holds when
+:meth:`start` is called is history; on (first) connection the worker sends
+the part of it past the cursor's watermarks (a resumed run's history,
+anything a crash left), then what was handed over; nothing is taken twice.
 
 How the thread works:
 
@@ -166,13 +167,25 @@ class MirrorWorker:
         self._operation = Operation.CONNECT  # what the MLflow call in progress is doing
         self._last_failure: MirrorFailure | None = None
         self._media_lines: dict[str, int] = {}
+        self._next_line: dict[Stream, int] = {Stream.STEP: 0, Stream.SYSTEM: 0}
         self._finish_deadline: float | None = None  # set by finish(), on the caller's side
         self._deadline: float | None = None  # the same, once the worker has seen it
         self._flush_tries = 0
 
     # -- the caller's side (never blocks) --------------------------------------
     def start(self) -> None:
+        """Start the thread; the record as it stands now is history, replayed from the files.
+
+        Entries handed over from now on are new: steps.jsonl and system.jsonl
+        lines take the next line index, in the order they come. Call it where
+        nothing is being written to the record (the record writer's thread
+        between two waves, or before training).
+        """
         if self._thread is None:
+            tops = record_tops(self.run_dir)
+            self._pending.history(tops)
+            self._next_line = {stream: (tops[stream] if tops[stream] is not None else -1) + 1
+                               for stream in (Stream.STEP, Stream.SYSTEM)}
             self._thread = threading.Thread(target=self._main, name="trackbridge-mlflow", daemon=True)
             self._thread.start()
 
@@ -327,8 +340,7 @@ class MirrorWorker:
             self.ready.set()
 
     def _prepare(self) -> None:
-        """Before the first item: where the record stands, and MLflow's context tags (kept for a later sync)."""
-        self._pending.history(record_tops(self.run_dir))
+        """Before the first connection: MLflow's context tags, kept in the cursor for a later sync."""
         if self._context_tags is None:
             return
         tags = dict(self._context_tags())
@@ -444,7 +456,9 @@ class MirrorWorker:
             return int(item.payload["epoch"])
         if item.stream is Stream.STAGE:
             return self._stage_mark(item.payload)
-        return int(item.payload["step"])
+        mark = self._next_line[item.stream]  # lines come in file order: the next index
+        self._next_line[item.stream] = mark + 1
+        return mark
 
     def _stage_mark(self, entry: Mapping[str, Any]) -> int | None:
         """The index of a stage entry in metrics.json (written before it is handed over)."""
@@ -782,9 +796,9 @@ def _tracked(item: Record, mark: int) -> list:
     if item.stream is Stream.EPOCH:
         return tracked_epoch(item.payload)
     if item.stream is Stream.STEP:
-        return tracked_step(item.payload)
+        return tracked_step(mark, item.payload)
     if item.stream is Stream.SYSTEM:
-        return tracked_system(item.payload)
+        return tracked_system(mark, item.payload)
     return tracked_stage(mark, item.payload)
 
 
