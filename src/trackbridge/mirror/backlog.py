@@ -10,10 +10,10 @@ watermark. Computing it reads only the run directory.
 listing instead of trusting the cursor, for a record whose cursor was edited
 or lost.
 
-Steps are monotonic (DESIGN §6): the local record holds one value per
-(key, step), and a resumed run records points only past the last step
-already recorded, so a point past a watermark is never a second value for a
-(key, step) MLflow holds.
+The record never rewrites what it holds (DESIGN §6's monotonic steps: a
+resumed run records only past the last epoch and step it has), and lines
+are only appended, so an entry past a watermark is one MLflow has never
+been sent by the cursor's account, never a second value for one it holds.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ their class comes from, so mirroring to an HTTP server does not pay for it.
 
 from __future__ import annotations
 
-import email.utils
 import re
 import time
 from enum import Enum
@@ -94,6 +93,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     value = value.strip()
     if value.isdigit():
         return float(value)
+    import email.utils  # an HTTP date: rare, and the module is not free to import
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -51,45 +51,22 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..record.clock import utc_now
-from ..record.jsonio import read_json, read_jsonl
-from ..record.run_dir import RunDirectory
-from .backlog import MEDIA_JSONL, backlog, record_tops
 from .cursor import Cursor, CursorBuffer
+from .delivery import Delivery, Registrar, RunWriterLike, Stats
 from .errors import MirrorFailure
-from .mapping import Point, Stream, flat_params, tracked_epoch, tracked_stage, tracked_step, tracked_system
+from .intake import Intake, ParamBook
+from .mapping import Stream
 from .outage import Backoff, OutageLog, announce_to_console
 from .pending import Close, Inputs, Media, Operation, Params, Pending, Record, Register, Status, Upload
-from .writer import RunLink, RunSpec
+from .writer import RunLink
 
 log = logging.getLogger("trackbridge.mirror")
 
-UPLOAD_THREADS = 6  # concurrent requests in the final flush
-
-
-class RunWriterLike(Protocol):
-    """What the worker needs of a :class:`~.writer.RunWriter` (tests give it a fake)."""
-
-    run_dir: RunDirectory
-    spec: RunSpec
-    link: RunLink | None
-
-    def connect(self, *, search: bool = True, running: bool = True) -> RunLink: ...
-    def log_points(self, points: Sequence[Point]) -> None: ...
-    def log_params(self, params: Mapping[str, str]) -> None: ...
-    def log_inputs(self, datasets: Sequence[Mapping[str, Any]]) -> None: ...
-    def upload(self, relpath: str) -> bool: ...
-    def upload_media(self, entry: Mapping[str, Any]) -> bool: ...
-    def terminate(self, status: str, end_ms: int | None, error: str | None = None) -> None: ...
-    def cleanup(self) -> None: ...
-
-
-Registrar = Callable[[Any, str, str, "type | None"], dict]
+MirrorStats = Stats  # the name callers and tests know
 
 
 class WorkerState(Enum):
@@ -101,20 +78,6 @@ class WorkerState(Enum):
     CLOSED = "closed"
     ABANDONED = "abandoned"  # the deadline passed inside an MLflow call
     CRASHED = "crashed"  # a bug in the mirror; the local record is complete
-
-
-@dataclass
-class MirrorStats:
-    """What the worker did; the callback reports it and tests read it."""
-
-    points_sent: int = 0
-    entries_skipped: int = 0  # live entries the record had already (sent from it), or did not record
-    points_rejected: int = 0  # refused by MLflow, left for sync
-    requests: int = 0
-    uploads: int = 0
-    media: int = 0
-    failures: int = 0
-    outages: int = 0
 
 
 class MirrorWorker:
@@ -135,19 +98,16 @@ class MirrorWorker:
         mark_running: bool = True,
     ) -> None:
         self.writer = writer
-        self.mark_running = mark_running  # a run found again is set RUNNING (not for a stage after fit)
         self.run_dir = writer.run_dir
         self.linger_s = linger_s
         self.default_timeout = flush_timeout_s
         self.cursor_interval_s = cursor_interval_s
         self.announce = announce or announce_to_console
-        self.stats = MirrorStats()
+        self.stats = Stats()
         self.crashed: BaseException | None = None
         self.ready = threading.Event()  # set after the first connection attempt, success or not
-        self._registrar = registrar
         self._context_tags = context_tags
-        self._cursor = Cursor(self.run_dir)
-        self._changes = CursorBuffer(self._cursor)
+        self._changes = CursorBuffer(Cursor(self.run_dir))
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._wake = threading.Event()  # set by items that should not wait for the linger
         self._thread: threading.Thread | None = None
@@ -155,19 +115,14 @@ class MirrorWorker:
         self._abandoned = False
         self._pending = Pending()
         self._pending.replay = True  # on connection: whatever the record holds past the cursor
+        params = ParamBook(self._pending)
+        self._intake = Intake(self.run_dir, self._pending, self._changes, params)
+        self._delivery = Delivery(writer, self._pending, self._changes, params, self.stats, announce=self.announce,
+                                  registrar=registrar, mark_running=mark_running)
         self._backoff = Backoff(retry_first_s, max_backoff_s)
         self._outages = OutageLog(writer.spec.tracking_uri, self.run_dir.run_id, self.announce)
         self._retry_at = 0.0
-        self._connect_tries = 0
-        self._wanted_params: dict[str, str] = {}
-        self._known_params: dict[str, str] | None = None  # what MLflow holds, once connected
-        self._warned_params: set[str] = set()
-        self._refused: set[Operation] = set()
-        self._in_flight: str | None = None  # the upload a failure is about
-        self._operation = Operation.CONNECT  # what the MLflow call in progress is doing
         self._last_failure: MirrorFailure | None = None
-        self._media_lines: dict[str, int] = {}
-        self._next_line: dict[Stream, int] = {Stream.STEP: 0, Stream.SYSTEM: 0}
         self._finish_deadline: float | None = None  # set by finish(), on the caller's side
         self._deadline: float | None = None  # the same, once the worker has seen it
         self._flush_tries = 0
@@ -182,10 +137,7 @@ class MirrorWorker:
         between two waves, or before training).
         """
         if self._thread is None:
-            tops = record_tops(self.run_dir)
-            self._pending.history(tops)
-            self._next_line = {stream: (tops[stream] if tops[stream] is not None else -1) + 1
-                               for stream in (Stream.STEP, Stream.SYSTEM)}
+            self._intake.start()
             self._thread = threading.Thread(target=self._main, name="trackbridge-mlflow", daemon=True)
             self._thread.start()
 
@@ -322,7 +274,7 @@ class MirrorWorker:
     def delivered(self) -> bool:
         """Everything handed over reached MLflow: connected, nothing pending, nothing refused, no crash."""
         return (self.crashed is None and not self._abandoned and self.link is not None
-                and self._pending.empty and not self._refused)
+                and self._pending.empty and not self._delivery.refused)
 
     # -- the worker thread -------------------------------------------------------
     def _main(self) -> None:
@@ -420,278 +372,79 @@ class MirrorWorker:
                     break
 
     def _absorb(self, item: Any) -> None:
-        pending = self._pending
-        if isinstance(item, Record):
-            mark = self._mark_of(item)
-            if mark is None or not pending.accept(item.stream, mark):
-                self.stats.entries_skipped += 1
-                return
-            pending.add_points(_tracked(item, mark))
-        elif isinstance(item, Media):
-            mark = self._media_mark(item.entry)
-            if mark is not None and pending.accept(Stream.MEDIA, mark):
-                pending.add_media(mark, item.entry)
-        elif isinstance(item, Params):
-            self._want_params(flat_params(item.values))
-        elif isinstance(item, Inputs):
-            pending.inputs = item.datasets
-            self._changes.set(datasets=[dict(d) for d in item.datasets], inputs_mirrored=False)
-        elif isinstance(item, Upload):
-            if item.relpath not in pending.uploads:
-                pending.uploads[item.relpath] = None
-                self._changes.add_pending([item.relpath])
-        elif isinstance(item, Status):
-            pending.status = item
-        elif isinstance(item, Register):
-            pending.register = item
-            self._changes.set(registration_pending={"name": item.name, "alias": item.alias})
-        elif isinstance(item, Close):
+        if isinstance(item, Close):
             self._deadline = item.deadline
             self._flush_tries = 1 if self._outages.down else 2
             if self._last_failure is None or self._last_failure.retry_after_s is None:
                 self._retry_at = 0.0  # the flush tries at once, unless the server asked to wait
-
-    def _mark_of(self, item: Record) -> int | None:
-        if item.stream is Stream.EPOCH:
-            return int(item.payload["epoch"])
-        if item.stream is Stream.STAGE:
-            return self._stage_mark(item.payload)
-        mark = self._next_line[item.stream]  # lines come in file order: the next index
-        self._next_line[item.stream] = mark + 1
-        return mark
-
-    def _stage_mark(self, entry: Mapping[str, Any]) -> int | None:
-        """The index of a stage entry in metrics.json (written before it is handed over)."""
-        try:
-            stages = read_json(self.run_dir.metrics_json).get("stages") or []
-        except (FileNotFoundError, ValueError):
-            return None
-        for index, stage in enumerate(stages):
-            if stage.get("stage") == entry.get("stage") and stage.get("time") == entry.get("time"):
-                return index
-        return None
-
-    def _media_mark(self, entry: Mapping[str, Any]) -> int | None:
-        """The line index of a media entry in media.jsonl (written before it is handed over)."""
-        path = str(entry.get("path"))
-        if path not in self._media_lines:
-            self._media_lines = {str(e.get("path")): i for i, e in enumerate(read_jsonl(self.run_dir.path / MEDIA_JSONL))
-                                 if isinstance(e, dict)}
-        return self._media_lines.get(path)
-
-    def _want_params(self, params: Mapping[str, str]) -> None:
-        """Params to log; the first value of a key wins (MLflow cannot change a param)."""
-        for key, value in params.items():
-            first = self._wanted_params.setdefault(key, value)
-            if value != first:
-                self._warn_param(key, first, value)
-        self._queue_params()
-
-    def _queue_params(self) -> None:
-        """Once connected: the wanted params MLflow does not hold yet (one warning per key it holds otherwise)."""
-        known = self._known_params
-        if known is None:
-            return
-        for key, value in self._wanted_params.items():
-            if key not in known:
-                self._pending.params.setdefault(key, value)
-            elif known[key] != value:
-                self._warn_param(key, known[key], value)
-
-    def _warn_param(self, key: str, kept: str, ignored: str) -> None:
-        if key not in self._warned_params:
-            self._warned_params.add(key)
-            log.warning("param %r is %r in MLflow's run; the new value %r is not logged "
-                        "(MLflow params cannot change)", key, kept, ignored)
+        else:
+            self._intake.absorb(item)
+            self.stats.entries_skipped = self._intake.skipped
 
     # -- talking to MLflow: the one place that catches its errors -------------
     def _attempt(self) -> None:
         """Do as much pending work as MLflow accepts now (see the module docstring)."""
-        pending, writer = self._pending, self.writer
+        pending, delivery = self._pending, self._delivery
+
+        def doing(operation: Operation) -> None:
+            delivery.operation = operation
+
         try:
-            self._operation = Operation.CONNECT
+            doing(Operation.CONNECT)
             if self.link is None:
-                self._connect()
-            self._operation = Operation.REPLAY
+                try:
+                    delivery.connect()
+                finally:
+                    self.ready.set()
+                self._write_cursor(force=True)  # the MLflow link, for whoever reads run.json now
+            doing(Operation.REPLAY)
             if pending.replay:
-                self._replay()
-            self._operation = Operation.PARAMS
+                delivery.replay()
+            doing(Operation.PARAMS)
             if pending.params:
-                self._send_params()
-            self._operation = Operation.INPUTS
+                delivery.send_params()
+            doing(Operation.INPUTS)
             if pending.inputs is not None:
-                writer.log_inputs(pending.inputs)
-                pending.inputs = None
-                self._changes.set(inputs_mirrored=True)
+                delivery.send_inputs()
             if self._deadline is not None:
-                self._final_wave()
-            self._operation = Operation.POINTS
-            self._send_points()
+                delivery.final_wave()
+            doing(Operation.POINTS)
+            delivery.send_points()
             while (pending.media or pending.uploads) and not self._past_deadline():
                 self._take(0.0)  # a close or fresh points may have come in meanwhile
                 if self._deadline is not None:
-                    self._final_wave()
+                    delivery.final_wave()
                 if pending.media:
-                    self._operation = Operation.MEDIA
-                    self._send_media()
+                    doing(Operation.MEDIA)
+                    delivery.send_media()
                 elif pending.uploads:
-                    self._operation = Operation.UPLOAD
-                    self._upload_next()
-                self._operation = Operation.POINTS
-                self._send_points()  # points that came in during a long upload go first
+                    doing(Operation.UPLOAD)
+                    delivery.upload_next()
+                doing(Operation.POINTS)
+                delivery.send_points()  # points that came in during a long upload go first
             if pending.status is not None and not (pending.points or pending.media or pending.uploads):
-                self._operation = Operation.STATUS
-                self._send_status(pending.status)
+                doing(Operation.STATUS)
+                delivery.send_status(pending.status)
             if pending.register is not None and pending.status is None and not self._past_deadline():
-                self._operation = Operation.REGISTER
-                self._do_register(pending.register)
+                doing(Operation.REGISTER)
+                delivery.register(pending.register)
         except MirrorFailure as failure:
-            self._failed(self._operation, failure)
+            self._failed(delivery.operation, failure)
             return
         except Exception as exc:
             from .registry import RegistrationError
 
             if not isinstance(exc, RegistrationError):
                 raise
-            self._refuse(Operation.REGISTER, str(exc))
+            delivery.refuse(Operation.REGISTER, str(exc))
             return
         self._succeeded()
-
-    def _connect(self) -> None:
-        search = self._connect_tries > 0  # a lost answer to an earlier create_run may have created it
-        self._connect_tries += 1
-        cursor = self._cursor.read()
-        try:
-            link = self.writer.connect(search=search or cursor["run_id"] is not None, running=self.mark_running)
-        finally:
-            self.ready.set()
-        if cursor["run_id"] != link.run_id or cursor["tracking_uri"] != self.tracking_uri:
-            # another MLflow run than the cursor's: nothing of it is there yet
-            self._changes.set(**{stream.field: None for stream in Stream}, params_mirrored=False,
-                              inputs_mirrored=False, status_mirrored=None)
-        self._known_params = dict(link.params)
-        self._want_params(self.writer.spec.params)  # the run's config and hyperparameters
-        self._changes.set(
-            tracking_uri=self.tracking_uri, experiment=link.experiment, experiment_id=link.experiment_id,
-            run_id=link.run_id, url=link.url, adopted=link.adopted,
-            status_mirrored=None if link.adopted else "RUNNING",
-            module_class=self.writer.spec.module_class,
-        )
-        self._write_cursor(force=True)  # the MLflow link, for whoever reads run.json now
-
-    def _replay(self) -> None:
-        """Queue what MLflow lacks of the record (past the cursor), ahead of newer points."""
-        cursor = self._cursor.read()
-        missing = backlog(self.run_dir, cursor)
-        self._pending.add_backlog(missing.points, missing.media)
-        for relpath in cursor["artifacts_pending"]:
-            self._pending.uploads.setdefault(relpath, None)
-        if not cursor["inputs_mirrored"] and cursor["datasets"] and self._pending.inputs is None:
-            self._pending.inputs = tuple(cursor["datasets"])
-        self._pending.replay = False
-
-    def _send_params(self) -> None:
-        params = dict(self._pending.params)
-        self.writer.log_params(params)
-        self._pending.params.clear()
-        assert self._known_params is not None
-        self._known_params.update(params)
-        self.stats.requests += 1
-        if all(key in self._known_params for key in self._wanted_params):
-            self._changes.set(params_mirrored=True)
-
-    def _send_points(self) -> None:
-        while self._pending.points:
-            batch = self._pending.head()
-            self.writer.log_points([item.point for item in batch])
-            self._points_delivered(len(batch))
-
-    def _points_delivered(self, count: int) -> None:
-        self.stats.requests += 1
-        self.stats.points_sent += count
-        for stream, mark in self._pending.delivered(count).items():
-            self._changes.mark(stream, mark)
-
-    def _send_media(self) -> None:
-        _, entry = self._pending.media[0]
-        self.writer.upload_media(entry)
-        self._media_delivered()
-
-    def _media_delivered(self) -> None:
-        self.stats.media += 1
-        for stream, mark in self._pending.media_done().items():
-            self._changes.mark(stream, mark)
-
-    def _upload_next(self) -> None:
-        relpath = self._in_flight = next(iter(self._pending.uploads))
-        self.writer.upload(relpath)
-        self._uploaded([relpath])
-
-    def _uploaded(self, paths: list[str]) -> None:
-        for path in paths:
-            del self._pending.uploads[path]
-        self.stats.uploads += len(paths)
-        self._changes.remove_pending(paths)
-
-    def _final_wave(self) -> None:
-        """The flush training waits for: the last points, images and uploads, all at once.
-
-        Their round trips overlap (the status follows, alone) in a small
-        thread pool; what succeeded is kept, and the first failure is raised
-        for :meth:`_attempt` like any other, with the operation it belongs to.
-        """
-        pending, writer = self._pending, self.writer
-        head = pending.head()
-        paths = list(pending.uploads)
-        media = list(pending.media)
-        if bool(head) + len(paths) + len(media) < 2:
-            return  # nothing to overlap: the sequential path does it
-        try:
-            with ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="trackbridge-upload") as pool:
-                points = pool.submit(writer.log_points, [item.point for item in head]) if head else None
-                images = [pool.submit(writer.upload_media, entry) for _, entry in media]
-                uploads = {path: pool.submit(writer.upload, path) for path in paths}
-        except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
-            return
-        if points is not None and points.exception() is None:
-            self._points_delivered(len(head))
-        for future in images:  # in order: the media watermark moves over a delivered prefix only
-            if future.exception() is not None:
-                break
-            self._media_delivered()
-        self._uploaded([path for path, f in uploads.items() if f.exception() is None])
-        failures = [(Operation.POINTS, None, points)] if points is not None else []
-        failures += [(Operation.MEDIA, None, f) for f in images]
-        failures += [(Operation.UPLOAD, path, f) for path, f in uploads.items()]
-        for operation, path, future in failures:
-            if future.exception() is not None:
-                self._operation, self._in_flight = operation, path
-                raise future.exception()  # type: ignore[misc]
-
-    def _send_status(self, item: Status) -> None:
-        self.writer.terminate(item.status, item.end_ms, item.error)
-        self._pending.status = None
-        if self.link is not None and not self.link.adopted:
-            self._changes.set(status_mirrored=item.status)
-
-    def _do_register(self, item: Register) -> None:
-        from .registry import register_checkpoint, registration_summary
-
-        registrar = self._registrar or register_checkpoint
-        result = registrar(self.writer, item.name, item.alias, item.module_class)
-        self._pending.register = None
-        self._changes.set(registration_pending=None, registered=registration_summary(result))
-        log.info(
-            "registered %s version %s (%s)%s",
-            result["name"], result["version"], result["model_uri"],
-            f"; alias @{item.alias} now points to it" if result["alias_moved"] else "",
-        )
 
     # -- outcomes -----------------------------------------------------------
     def _failed(self, operation: Operation, failure: MirrorFailure) -> None:
         self.stats.failures += 1
         if failure.refused and operation is not Operation.CONNECT:
-            self._refuse(operation, str(failure))
+            self._delivery.refuse(operation, str(failure))
             return
         if self._deadline is not None:
             self._flush_tries -= 1
@@ -710,38 +463,6 @@ class MirrorWorker:
         self._outages.recovered()
         self._backoff.reset()
         self._retry_at = 0.0
-
-    def _refuse(self, operation: Operation, message: str) -> None:
-        """MLflow answered "no": drop what the request carried from the live queue; sync sends it again."""
-        pending = self._pending
-        points = media = 0
-        if operation is Operation.POINTS:
-            points = len(pending.head())
-            for stream, mark in pending.refused(points).items():
-                self._changes.mark(stream, mark)
-            self.stats.points_rejected += points
-        elif operation is Operation.MEDIA:
-            media = 1
-            pending.media_done(refused=True)
-        elif operation is Operation.UPLOAD:
-            pending.uploads.pop(self._in_flight or next(iter(pending.uploads)), None)  # stays pending in the cursor
-        elif operation is Operation.PARAMS:
-            pending.params.clear()
-        elif operation is Operation.INPUTS:
-            pending.inputs = None
-        elif operation is Operation.STATUS:
-            pending.status = None
-        elif operation is Operation.REGISTER:
-            pending.register = None
-        self._changes.refuse(operation.value, message, points=points, media=media)
-        if operation not in self._refused:
-            self._refused.add(operation)
-            what = f"{points} metric points" if points else f"the {operation.value}"
-            self.announce(
-                f"MLflow at {self.tracking_uri} refused {what} of run {self.run_dir.run_id}: {message}. "
-                f"They stay in the local record and are counted in run.json; run "
-                f"`trackbridge sync {self.run_dir.run_id}` once MLflow accepts them"
-            )
 
     # -- closing -------------------------------------------------------------
     def _past_deadline(self) -> bool:
@@ -790,16 +511,6 @@ class MirrorWorker:
                 if not self._abandoned:
                     self._changes.flush()
             self._changes.written_at = time.monotonic()
-
-
-def _tracked(item: Record, mark: int) -> list:
-    if item.stream is Stream.EPOCH:
-        return tracked_epoch(item.payload)
-    if item.stream is Stream.STEP:
-        return tracked_step(mark, item.payload)
-    if item.stream is Stream.SYSTEM:
-        return tracked_system(mark, item.payload)
-    return tracked_stage(mark, item.payload)
 
 
 def end_ms_now() -> int:
