@@ -77,6 +77,7 @@ class Intake:
         self.skipped = 0  # live entries the record had already (replayed from it)
         self._next_line: dict[Stream, int] = {Stream.STEP: 0, Stream.SYSTEM: 0}
         self._media_lines: dict[str, int] = {}
+        self._datasets: dict[str, dict[str, Any]] | None = None
 
     def start(self) -> None:
         """The record as it stands now is history: its entries come from the files, not live."""
@@ -101,7 +102,11 @@ class Intake:
             self.params.want(flat_params(item.values))
         elif isinstance(item, Inputs):
             pending.inputs = item.datasets
-            self.changes.set(datasets=[dict(d) for d in item.datasets], inputs_mirrored=False)
+            # the run's datasets, fit's and a later stage's together, for a sync that sends them
+            if self._datasets is None:
+                self._datasets = {d["name"]: d for d in (self.changes.cursor.read()["datasets"] or [])}
+            self._datasets.update({d["name"]: dict(d) for d in item.datasets})
+            self.changes.set(datasets=list(self._datasets.values()), inputs_mirrored=False)
         elif isinstance(item, Upload):
             if item.relpath not in pending.uploads:
                 pending.uploads[item.relpath] = None
