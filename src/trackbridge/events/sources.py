@@ -60,6 +60,10 @@ class EventSource(Protocol):
         """The last event (None if there is none yet)."""
         ...
 
+    def attached(self) -> bool:
+        """Whether the run's process still holds the run: events may follow its terminal event."""
+        ...
+
 
 class FileEventSource:
     """The events of a run directory's ``events.jsonl``, read incrementally.
@@ -87,6 +91,7 @@ class FileEventSource:
         open_log: Callable[[], BinaryIO] | None = None,
         death_reason: Callable[[], str | None] | None = None,
         liveness_check_s: float = 5.0,
+        attached: Callable[[], bool] | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.run_id = run_dir.run_id
@@ -94,6 +99,7 @@ class FileEventSource:
         self.poll_interval_s = poll_interval_s
         self._open_log = open_log or (lambda: open(self.path, "rb"))
         self._death_reason = death_reason
+        self._attached = attached
         self.liveness_check_s = liveness_check_s
         self._offset = 0  # bytes of complete lines consumed
         self._last_id = 0  # highest id among those lines
@@ -119,6 +125,10 @@ class FileEventSource:
             self._last_id, self._last_type, self._last_time = event["id"], event.get("type"), event.get("time")
         derived = self._derived_end()
         return derived if derived is not None and (event is None or derived["id"] > event["id"]) else event
+
+    def attached(self) -> bool:
+        """Whether the run's process still holds the run (more events may follow its terminal event)."""
+        return self._attached() if self._attached is not None else False
 
     def last_id(self) -> int:
         """The id of the log's last complete event (0 if none), read from its tail, not the whole file."""
@@ -239,6 +249,10 @@ class MlflowEventSource:
         self._run: "Run | None" = None
         self._signature: object = None
         self._fetched_at = -math.inf
+
+    def attached(self) -> bool:
+        """MLflow does not say whether a process still holds the run: a stream ends at its terminal event."""
+        return False
 
     def read(self, after_id: int = 0) -> list[dict[str, Any]]:
         return [event for event in self._refresh() if event["id"] > after_id]
