@@ -23,7 +23,8 @@ from ..record.epoch import STEP_SUFFIX
 from ..record.ids import validate_run_id
 from ..record.run_dir import RunDirectory
 from ..record.status import RunStatus
-from .log import parse_event_line
+from ..record.jsonl import last_record
+from .log import is_event, parse_event_line
 from .types import TERMINAL_EVENT_TYPES, EventType, make_event, terminal_event_type
 
 if TYPE_CHECKING:
@@ -165,25 +166,7 @@ class FileEventSource:
         return events
 
     def _tail_event(self) -> dict[str, Any] | None:
-        try:
-            fh = self._open_log()
-        except FileNotFoundError:
-            return None
-        with fh:
-            size = fh.seek(0, os.SEEK_END)
-            chunk = 1 << 16
-            while True:
-                start = max(0, size - chunk)
-                fh.seek(start)
-                data = fh.read(size - start)
-                lines = data[: data.rfind(b"\n") + 1].splitlines()
-                for line in reversed(lines if start == 0 else lines[1:]):  # lines[0] may be cut
-                    event = parse_event_line(line)
-                    if event is not None:
-                        return event
-                if start == 0:
-                    return None
-                chunk *= 4
+        return last_record(self._open_log, is_event)
 
     def _derived_end(self) -> dict[str, Any] | None:
         """The derived ``training_failed`` of a dead run, or None (asked at most every liveness_check_s)."""
