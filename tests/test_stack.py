@@ -188,7 +188,8 @@ def test_nan_and_inf_metrics_become_null_in_every_file(runs_root):
 
 
 def test_build_callbacks_refuses_an_existing_run_id_and_writes_nothing(runs_root):
-    build_callbacks(local_config(runs_root, run_id="taken"))
+    first = build_callbacks(local_config(runs_root, run_id="taken"))
+    first.session.flush()  # its first heartbeat is written: the folder is at rest
     before = sorted(p.name for p in runs_root.rglob("*"))
     with pytest.raises(RunExistsError, match="--resume"):
         build_callbacks(local_config(runs_root, run_id="taken"))

@@ -248,8 +248,8 @@ def test_fanout_one_channel_serves_many_readers_and_a_stalled_one_holds_nobody(r
 def test_stream_state_is_a_pure_state_machine() -> None:
     from trackbridge.events.stream import Phase, StreamState
 
-    def ev(i: int, kind: str = "epoch_end") -> dict:
-        return {"id": i, "type": kind}
+    def ev(i: int, kind: str = "epoch_end", **fields) -> dict:
+        return {"id": i, "type": kind, **fields}
 
     state = StreamState(after_id=2)
     assert state.start([ev(3), ev(4)], None) == [ev(3), ev(4)] and state.last_id == 4
@@ -260,8 +260,15 @@ def test_stream_state_is_a_pure_state_machine() -> None:
     assert state.from_live([ev(9, "training_failed")]) == [ev(9, "training_failed")]
     assert state.phase is Phase.ENDING and state.needs_read
     # the owner restored its run: the log goes on after the terminal event, and so does the stream
-    assert state.from_log([ev(10, "status"), ev(11)]) == [ev(10, "status"), ev(11)] and state.phase is Phase.LIVE
-    assert state.from_live([ev(12, "training_complete")]) and state.from_log([]) == [] and state.done
+    restored = ev(10, "status", status="running", recovered=True)
+    assert state.from_log([restored, ev(11)]) == [restored, ev(11)] and state.phase is Phase.LIVE
+    assert state.from_live([ev(12, "training_complete")]) and state.phase is Phase.ENDING
+    # a test stage after fit: its stage_end follows the terminal event, and the run's end still stands
+    assert state.from_live([ev(13, "stage_end")]) == [ev(13, "stage_end")] and state.phase is Phase.ENDING
+    # while the run's process still holds the run, the stream waits (and looks again at the next tick)
+    assert state.from_log([], attached=True) == [] and state.held and not state.needs_read and not state.done
+    state.tick()
+    assert state.needs_read and state.from_log([]) == [] and state.done
     finished = StreamState(after_id=5)
     assert finished.start([], ev(5, "training_complete")) == [] and finished.done  # it has it all
 

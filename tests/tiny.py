@@ -48,6 +48,10 @@ class TinyRegressor(pl.LightningModule):
             self.log("val_nan", torch.tensor(float("nan")))
             self.log("val_inf", torch.tensor(float("inf")))
 
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("test_mae", (self(x) - y).abs().mean())
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 

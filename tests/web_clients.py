@@ -19,12 +19,14 @@ TRAINING_SCRIPT = REPO / "tests" / "web_training.py"
 
 def start_training(
     runs_root: Path, run_id: str, *, epochs: int = 3, batches: int = 4, sleep: float = 0.05,
-    tracking_uri: str | None = None, log: Path | None = None,
+    tracking_uri: str | None = None, log: Path | None = None, test_after: float | None = None,
 ) -> subprocess.Popen:
     args = [
         sys.executable, str(TRAINING_SCRIPT), "--runs-root", str(runs_root), "--run-id", run_id,
         "--epochs", str(epochs), "--batches", str(batches), "--sleep", str(sleep),
     ]
+    if test_after is not None:
+        args += ["--test-after", str(test_after)]
     if tracking_uri:
         args += ["--tracking-uri", tracking_uri]
     out = open(log, "wb") if log else subprocess.DEVNULL

@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--sleep", type=float, default=0.05)
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--progress-interval", type=float, default=1.0)
+    parser.add_argument("--test-after", type=float, default=None,
+                        help="after fit, wait this many seconds, then run trainer.test() in the same process")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -65,7 +67,11 @@ def main() -> None:
         log_every_n_steps=1,
         num_sanity_val_steps=0,
     )
-    trainer.fit(TinyRegressor(), train_dataloaders=train, val_dataloaders=val)
+    module = TinyRegressor()
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+    if args.test_after is not None:
+        time.sleep(args.test_after)
+        trainer.test(module, dataloaders=val)
 
 
 if __name__ == "__main__":

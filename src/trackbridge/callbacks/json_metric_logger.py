@@ -8,11 +8,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 
 from .guard import tracking_hook
-from .run_status_updater import END_FLUSH_S
-from .session import RunSession
+from .session import END_FLUSH_S, RunSession, StageHooks
 
 
-class JSONMetricLogger(pl.Callback):
+class JSONMetricLogger(StageHooks):
     """Write per-epoch metrics to ``output_path`` as ``{"epochs": [record, ...], "stages": [...]}``.
 
     History is never rewritten (DESIGN §6): a resumed run keeps the records
@@ -48,16 +47,7 @@ class JSONMetricLogger(pl.Callback):
         if writer is not None and record is not None:
             writer.epoch(record)
 
-    @tracking_hook
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == "validate":
-            self._record_stage(trainer, "validate")
-
-    @tracking_hook
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._record_stage(trainer, "test")
-
-    def _record_stage(self, trainer: pl.Trainer, stage: str) -> None:
+    def record_stage(self, trainer: pl.Trainer, stage: str) -> None:
         writer = self.session.writer
         if writer is not None:
             writer.stage(self.session.stage_record(trainer, stage))

@@ -29,6 +29,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -88,6 +89,19 @@ class DiskOutage:
         return bool(self.failing)
 
 
+class Item(str, Enum):
+    """What the training side hands over; the value names the list of a wave it joins."""
+
+    EPOCH = "epochs"
+    STAGE = "stages"
+    RUN = "run_changes"
+    EVENT = "events"
+    APPEND = "appends"
+    CALL = "calls"
+    FLUSH = "flushed"
+    METRICS = "metrics"  # rewrite metrics.json even with nothing new (a fresh run's empty history)
+
+
 @dataclass
 class _Wave:
     """What one wave drained, sorted by where it goes."""
@@ -143,7 +157,7 @@ class RecordWriter:
         self.training = False  # while True, waves come every TICK_S and a stop request is looked for
         self.beating = heartbeat_s is not None  # the session stops the beat once training has ended
         self._steps: deque[tuple[int, float, Mapping[str, Any]]] = deque()
-        self._items: deque[tuple[str, Any]] = deque()
+        self._items: deque[tuple[Item, Any]] = deque()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -174,29 +188,29 @@ class RecordWriter:
         self._steps.append((step, wall_time, metrics))
 
     def epoch(self, record: dict[str, Any]) -> None:
-        self._put("epoch", record, wake=True)
+        self._put(Item.EPOCH, record, wake=True)
 
     def stage(self, record: dict[str, Any]) -> None:
-        self._put("stage", record, wake=True)
+        self._put(Item.STAGE, record, wake=True)
 
     def write_metrics(self) -> None:
         """Write metrics.json at the next wave even if nothing new came (a fresh run's empty history)."""
-        self._put("metrics", None, wake=True)
+        self._put(Item.METRICS, None, wake=True)
 
     def event(self, event: dict[str, Any], *, wake: bool = True) -> None:
-        self._put("event", event, wake=wake)
+        self._put(Item.EVENT, event, wake=wake)
 
     def update_run(self, change: RunChange, *, wake: bool = True) -> None:
         """Apply ``change(record)`` to run.json in the next wave (with the other changes of the wave)."""
-        self._put("run", change, wake=wake)
+        self._put(Item.RUN, change, wake=wake)
 
     def append(self, relpath: str, value: Any, *, listener: str | None = None, wake: bool = False) -> None:
         """Append ``value`` as a line of the run's JSONL file ``relpath`` (e.g. system.jsonl)."""
-        self._put("append", (relpath, value, listener), wake=wake)
+        self._put(Item.APPEND, (relpath, value, listener), wake=wake)
 
     def call(self, function: Callable[[], None], *, wake: bool = False) -> None:
         """Run ``function`` in the writer thread at the end of the next wave (slow side work)."""
-        self._put("call", function, wake=wake)
+        self._put(Item.CALL, function, wake=wake)
 
     def subscribe(self, kind: str, listener: Listener) -> None:
         if listener not in self.listeners.setdefault(kind, []):
@@ -213,10 +227,10 @@ class RecordWriter:
                 return False
             self.start()
         done = threading.Event()
-        self._put("flush", done, wake=True)
+        self._put(Item.FLUSH, done, wake=True)
         return done.wait(timeout)
 
-    def _put(self, kind: str, payload: Any, *, wake: bool) -> None:
+    def _put(self, kind: Item, payload: Any, *, wake: bool) -> None:
         self._items.append((kind, payload))
         if wake:
             self._wake.set()
@@ -321,22 +335,10 @@ class RecordWriter:
         items = self._items
         while items:  # items first, then steps: a flush marker never overtakes the steps before it
             kind, payload = items.popleft()
-            if kind == "epoch":
-                wave.epochs.append(payload)
-            elif kind == "stage":
-                wave.stages.append(payload)
-            elif kind == "run":
-                wave.run_changes.append(payload)
-            elif kind == "event":
-                wave.events.append(payload)
-            elif kind == "append":
-                wave.appends.append(payload)
-            elif kind == "call":
-                wave.calls.append(payload)
-            elif kind == "flush":
-                wave.flushed.append(payload)
-            elif kind == "metrics":
+            if kind is Item.METRICS:
                 self._metrics_dirty = True
+            else:
+                getattr(wave, kind.value).append(payload)
         steps = self._steps
         floor = self.step_floor
         while steps:

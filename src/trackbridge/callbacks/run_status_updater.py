@@ -12,13 +12,9 @@ import lightning.pytorch as pl
 from ..record.run_dir import RunDirectory
 from ..tasks import MODES, is_better
 from .guard import tracking_hook
-from .session import RunSession
+from .session import END_FLUSH_S, RunSession, StageHooks
 
-# How long the end of training waits for the record to be on disk (a full disk makes it give up, not hang).
-END_FLUSH_S = 10.0
-
-
-class RunStatusUpdater(pl.Callback):
+class RunStatusUpdater(StageHooks):
     """Keep ``run_json_path`` up to date: ``pending → running → completed | failed | stopped``.
 
     ``best_epoch`` (int) and ``best_score`` (float) follow the monitor of the
@@ -103,16 +99,7 @@ class RunStatusUpdater(pl.Callback):
             self.session.end_training(status, error=error, final_metrics=self.session.final_metrics())
             self.session.flush(END_FLUSH_S)
 
-    @tracking_hook
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == "validate":
-            self._record_stage(trainer, "validate")
-
-    @tracking_hook
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._record_stage(trainer, "test")
-
-    def _record_stage(self, trainer: pl.Trainer, stage: str) -> None:
+    def record_stage(self, trainer: pl.Trainer, stage: str) -> None:
         if not trainer.is_global_zero or not self.run_dir.exists():
             return
         metrics = self.session.stage_record(trainer, stage)["metrics"]

@@ -22,7 +22,6 @@ again, lazily, where it is unpickled.
 from __future__ import annotations
 
 import atexit
-import math
 import time
 import weakref
 from pathlib import Path
@@ -32,17 +31,20 @@ from ..console import announce
 from ..events.broker import default_broker
 from ..events.types import EventType, make_event
 from ..record.clock import utc_now, utc_now_iso
-from ..record.epoch import STEP_SUFFIX, build_epoch_record
+from ..record.epoch import STEP_SUFFIX, as_float, build_epoch_record
 from ..record.liveness import ProcessIdentity, default_stale_after_s
 from ..record.run_dir import RunDirectory
 from ..record.status import RunStatus, check_transition
-from .guard import TrackingErrors
+from .guard import TrackingErrors, tracking_hook
 from .record_writer import DiskOutage, RecordWriter
 
-if TYPE_CHECKING:
-    import lightning.pytorch as pl
+import lightning.pytorch as pl
 
+if TYPE_CHECKING:
     from ..config import TrackingConfig
+
+#: How long the end of training (or of a stage) waits for the record to be on disk (a full disk makes it give up).
+END_FLUSH_S = 10.0
 
 # Events a reader waits for: they wake the writer at once (steps and progress ride the next tick).
 _URGENT = frozenset(
@@ -343,7 +345,7 @@ class RunSession:
         ``epoch`` is the fit's last epoch: MLflow gets the stage's metrics at that step (DESIGN §6).
         """
         if self._stage is None or self._stage["stage"] != stage:
-            metrics = {k: _finite(v) for k, v in trainer.callback_metrics.items() if not k.endswith(STEP_SUFFIX)}
+            metrics = {k: as_float(v) for k, v in trainer.callback_metrics.items() if not k.endswith(STEP_SUFFIX)}
             floor = self._writer.epoch_floor if self._writer is not None else 0
             epoch = self.last_epoch or floor or trainer.current_epoch
             self._stage = {"stage": stage, "epoch": epoch, "metrics": metrics, "time": utc_now_iso()}
@@ -377,6 +379,26 @@ def _close_open_sessions(timeout: float = 5.0) -> None:
 
 
 _PICKLED = ("run_dir", "config", "metrics_path", "stale_after_s", "heartbeat_interval_s", "beats", "writes", "errors")
+
+
+class StageHooks(pl.Callback):
+    """A callback that records validate/test stages: ``record_stage(trainer, stage)`` at each one's end.
+
+    A post-fit ``trainer.validate()`` and any ``trainer.test()``; the
+    validation loops inside fit are the epochs' business, not a stage.
+    """
+
+    def record_stage(self, trainer: "pl.Trainer", stage: str) -> None:
+        raise NotImplementedError
+
+    @tracking_hook
+    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if trainer.state.fn == "validate":
+            self.record_stage(trainer, "validate")
+
+    @tracking_hook
+    def on_test_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self.record_stage(trainer, "test")
 
 
 class _PipelineClock:
@@ -447,9 +469,3 @@ def metrics_of(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in ("epoch", "time")}
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None

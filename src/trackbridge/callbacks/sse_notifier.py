@@ -12,10 +12,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from ..events.emitter import EventEmitter, EventSink
 from ..events.types import EventType, terminal_event_type
 from .guard import tracking_hook
-from .session import RunSession, metrics_of
+from .session import END_FLUSH_S, RunSession, StageHooks, metrics_of
 
 
-class SSENotifier(pl.Callback):
+class SSENotifier(StageHooks):
     """Push training events to ``event_queue`` for live GUI updates.
 
     ``event_queue`` is anything with ``.put(event)``: a ``queue.Queue``, or
@@ -143,17 +143,8 @@ class SSENotifier(pl.Callback):
         if trainer.is_global_zero and self._started:
             self._end(trainer, exception)
 
-    @tracking_hook
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == "validate":
-            self._stage_end(trainer, "validate")
-
-    @tracking_hook
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._stage_end(trainer, "test")
-
     # -- helpers -----------------------------------------------------------
-    def _stage_end(self, trainer: pl.Trainer, stage: str) -> None:
+    def record_stage(self, trainer: pl.Trainer, stage: str) -> None:
         if trainer.is_global_zero:
             record = self.session.stage_record(trainer, stage)
             self.emit(EventType.STAGE_END, stage=stage, epoch=record["epoch"], metrics=record["metrics"])
@@ -167,6 +158,7 @@ class SSENotifier(pl.Callback):
         if error is not None:
             fields["error"] = error
         self.emit(terminal_event_type(status), **fields)
+        self.session.flush(END_FLUSH_S)  # when fit returns or raises, the log holds its end
 
     def _emit_checkpoints(self, trainer: pl.Trainer) -> None:
         """One ``checkpoint_saved`` per checkpoint file written since the last look.

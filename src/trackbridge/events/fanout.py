@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from .hub import EventHub, SourceFactory
 from .sources import EventSource
-from .stream import StreamState
+from .stream import HOLD_CHECK_S, Phase, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -187,13 +187,16 @@ class _Channel:
                 if self._source is None:
                     self._source = self._make_source() if self._make_source else None
                 events: list[dict[str, Any]] | None = None
+                attached = False
                 if self._source is not None:
                     try:
                         events = await self.loop.run_in_executor(None, self._source.read, after)
+                        if any(reader.state.phase is Phase.ENDING for reader in readers):
+                            attached = await self.loop.run_in_executor(None, self._source.attached)
                     except OSError as exc:  # MLflow down for a moment: the readers retry at the next tick
                         log.debug("catch-up read of run %s failed: %s", self.run_id, exc)
                 for reader in readers:
-                    reader._log_read(events)
+                    reader._log_read(events, attached)
         finally:
             self._reading = None
 
@@ -296,17 +299,27 @@ class AsyncEventStream:
             return
         self.ready.extend(self.state.from_live(events))
 
-    def _log_read(self, events: list[dict[str, Any]] | None) -> None:
+    def _log_read(self, events: list[dict[str, Any]] | None, attached: bool = False) -> None:
         if self._closed:
             return
         if events is None:
             self._read_failed = True
         else:
-            self.ready.extend(self.state.from_log(events))
+            self.ready.extend(self.state.from_log(events, attached=attached))
+            if self.state.held:  # look again soon whether the run's process let the run go
+                self.channel.loop.call_later(HOLD_CHECK_S, self._recheck)
         self._wake()
+
+    def _recheck(self) -> None:
+        if self.state.held and not self._closed:
+            self.state.tick()
+            self._wake()
 
     def _tick(self) -> None:
         self._read_failed = False
+        if self.state.held:
+            self.state.tick()
+            self._wake()  # its driver asks the log (and whether the run is still held) again
         if not self._active:
             self._heartbeat_due = True
             self._wake()

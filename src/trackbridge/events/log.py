@@ -22,11 +22,12 @@ def read_events(path: str | os.PathLike[str], after_id: int = 0) -> Iterator[dic
 
 def last_event_id(path: str | os.PathLike[str]) -> int:
     """The id of the log's last complete event (0 if none), read from its tail, not the whole file."""
-    event = last_record(path, _is_event)
+    event = last_record(path, is_event)
     return event["id"] if event is not None else 0
 
 
-def _is_event(value: Any) -> bool:
+def is_event(value: Any) -> bool:
+    """Whether a parsed line is an event: a dict with an integer id."""
     return isinstance(value, dict) and isinstance(value.get("id"), int) and not isinstance(value["id"], bool)
 
 
@@ -39,7 +40,7 @@ def parse_event_line(line: bytes) -> dict[str, Any] | None:
         event = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    return event if _is_event(event) else None
+    return event if is_event(event) else None
 
 
 class EventLog:

@@ -23,7 +23,8 @@ from ..record.epoch import STEP_SUFFIX
 from ..record.ids import validate_run_id
 from ..record.run_dir import RunDirectory
 from ..record.status import RunStatus
-from .log import parse_event_line
+from ..record.jsonl import last_record
+from .log import is_event, parse_event_line
 from .types import TERMINAL_EVENT_TYPES, EventType, make_event, terminal_event_type
 
 if TYPE_CHECKING:
@@ -60,6 +61,10 @@ class EventSource(Protocol):
         """The last event (None if there is none yet)."""
         ...
 
+    def attached(self) -> bool:
+        """Whether the run's process still holds the run: events may follow its terminal event."""
+        ...
+
 
 class FileEventSource:
     """The events of a run directory's ``events.jsonl``, read incrementally.
@@ -87,6 +92,7 @@ class FileEventSource:
         open_log: Callable[[], BinaryIO] | None = None,
         death_reason: Callable[[], str | None] | None = None,
         liveness_check_s: float = 5.0,
+        attached: Callable[[], bool] | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.run_id = run_dir.run_id
@@ -94,6 +100,7 @@ class FileEventSource:
         self.poll_interval_s = poll_interval_s
         self._open_log = open_log or (lambda: open(self.path, "rb"))
         self._death_reason = death_reason
+        self._attached = attached
         self.liveness_check_s = liveness_check_s
         self._offset = 0  # bytes of complete lines consumed
         self._last_id = 0  # highest id among those lines
@@ -119,6 +126,10 @@ class FileEventSource:
             self._last_id, self._last_type, self._last_time = event["id"], event.get("type"), event.get("time")
         derived = self._derived_end()
         return derived if derived is not None and (event is None or derived["id"] > event["id"]) else event
+
+    def attached(self) -> bool:
+        """Whether the run's process still holds the run (more events may follow its terminal event)."""
+        return self._attached() if self._attached is not None else False
 
     def last_id(self) -> int:
         """The id of the log's last complete event (0 if none), read from its tail, not the whole file."""
@@ -155,25 +166,7 @@ class FileEventSource:
         return events
 
     def _tail_event(self) -> dict[str, Any] | None:
-        try:
-            fh = self._open_log()
-        except FileNotFoundError:
-            return None
-        with fh:
-            size = fh.seek(0, os.SEEK_END)
-            chunk = 1 << 16
-            while True:
-                start = max(0, size - chunk)
-                fh.seek(start)
-                data = fh.read(size - start)
-                lines = data[: data.rfind(b"\n") + 1].splitlines()
-                for line in reversed(lines if start == 0 else lines[1:]):  # lines[0] may be cut
-                    event = parse_event_line(line)
-                    if event is not None:
-                        return event
-                if start == 0:
-                    return None
-                chunk *= 4
+        return last_record(self._open_log, is_event)
 
     def _derived_end(self) -> dict[str, Any] | None:
         """The derived ``training_failed`` of a dead run, or None (asked at most every liveness_check_s)."""
@@ -239,6 +232,10 @@ class MlflowEventSource:
         self._run: "Run | None" = None
         self._signature: object = None
         self._fetched_at = -math.inf
+
+    def attached(self) -> bool:
+        """MLflow does not say whether a process still holds the run: a stream ends at its terminal event."""
+        return False
 
     def read(self, after_id: int = 0) -> list[dict[str, Any]]:
         return [event for event in self._refresh() if event["id"] > after_id]

@@ -19,9 +19,13 @@ from enum import Enum
 from typing import Any, Iterable, Iterator
 
 from .hub import EventHub, SourceFactory
-from .types import TERMINAL_EVENT_TYPES
+from .types import TERMINAL_EVENT_TYPES, EventType
 
 log = logging.getLogger(__name__)
+
+
+#: How often a stream held open after its run's terminal event looks whether the run's process let it go.
+HOLD_CHECK_S = 1.0
 
 
 class Phase(str, Enum):
@@ -48,6 +52,9 @@ class StreamState:
         self.last_id = after_id
         self.phase = Phase.LIVE
         self.behind = False
+        #: After the terminal event, the run's process still holds the run (validate/test may follow):
+        #: wait for live events, and look at the log again at the next tick.
+        self.held = False
 
     @property
     def done(self) -> bool:
@@ -56,7 +63,7 @@ class StreamState:
     @property
     def needs_read(self) -> bool:
         """Whether the driver must read the log (after ``last_id``) before waiting for live events."""
-        return not self.done and (self.behind or self.phase is Phase.ENDING)
+        return not self.done and (self.behind or (self.phase is Phase.ENDING and not self.held))
 
     def start(self, history: list[dict[str, Any]], tail: dict[str, Any] | None) -> list[dict[str, Any]]:
         """The events to send first: ``history`` (the log after ``after_id``); ``tail`` the log's last event.
@@ -68,14 +75,26 @@ class StreamState:
             return []
         return self.from_log(history)
 
-    def from_log(self, events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Events read from the durable log after ``last_id``: what to send now."""
+    def from_log(self, events: Iterable[dict[str, Any]], *, attached: bool = False) -> list[dict[str, Any]]:
+        """Events read from the durable log after ``last_id``: what to send now.
+
+        ``attached``: the run's process still holds the run, so after its
+        terminal event more may come (the stages of a ``trainer.test()`` after
+        fit): the stream then stays open, and checks again at the next tick.
+        """
         ending = self.phase is Phase.ENDING
         out = self._accept(events, check_gaps=False)
         self.behind = False
         if ending and not out:
-            self.phase = Phase.DONE
+            if attached:
+                self.held = True
+            else:
+                self.phase = Phase.DONE
         return out
+
+    def tick(self) -> None:
+        """A tick passed: a held stream looks at the log (and at whether its run is still held) again."""
+        self.held = False
 
     def from_live(self, events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """Events from the live feed: what to send now (nothing while behind: the log will tell)."""
@@ -101,13 +120,25 @@ class StreamState:
                 self.behind = True
                 break
             self.last_id = event_id
-            self.phase = Phase.ENDING if _is_terminal(event) else Phase.LIVE
+            if _is_terminal(event):
+                self.phase = Phase.ENDING
+            elif self.phase is Phase.ENDING and not _revives(event):
+                pass  # a stage after fit (stage_end, its media): the run's end still stands
+            else:
+                self.phase = Phase.LIVE
+            self.held = False
             out.append(event)
         return out
 
 
 def _is_terminal(event: dict[str, Any]) -> bool:
     return event.get("type") in TERMINAL_EVENT_TYPES
+
+
+def _revives(event: dict[str, Any]) -> bool:
+    """An event after a terminal one that means the run trains again (a resume, or its owner restoring it)."""
+    kind = event.get("type")
+    return kind == EventType.RUN_STARTED.value or (kind == EventType.STATUS.value and event.get("status") == "running")
 
 
 class _Idle:
@@ -187,17 +218,18 @@ class EventStream:
                 if state.needs_read:
                     read = self._read_log()
                     if read is not None:
-                        yield from state.from_log(read)
+                        yield from state.from_log(read, attached=self._attached())
                         continue
                     # unreadable right now: wait a tick for the live feed below, then read again
                 live = subscription.get_nowait()
                 if live is None:
                     if self.mark_idle:
                         yield self.IDLE
-                    live = subscription.get(timeout=self.tick_s)
+                    live = subscription.get(timeout=min(self.tick_s, HOLD_CHECK_S) if state.held else self.tick_s)
                 if subscription.ended:  # the server is shutting down
                     return
                 if live is None:
+                    state.tick()
                     yield None
                     continue
                 if subscription.overflowed:
@@ -208,6 +240,14 @@ class EventStream:
         finally:
             # Also when the stream ends by itself: some servers never call close().
             subscription.close()
+
+    def _attached(self) -> bool:
+        if self.state.phase is not Phase.ENDING:
+            return False
+        try:
+            return bool(self._source.attached())
+        except OSError:
+            return False
 
     def _read_log(self) -> list[dict[str, Any]] | None:
         try:

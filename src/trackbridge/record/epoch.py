@@ -34,7 +34,7 @@ def build_epoch_record(
     for key, value in metrics.items():
         if key.endswith(STEP_SUFFIX):
             continue
-        record[key] = _as_float(value)
+        record[key] = as_float(value)
     if lr is not None:
         record["lr"] = float(lr)
     record["duration_s"] = round(float(duration_s), 6)
@@ -42,7 +42,8 @@ def build_epoch_record(
     return record
 
 
-def _as_float(value: Any) -> float | None:
+def as_float(value: Any) -> float | None:
+    """``value`` as a float, or None when it is not a finite number (NaN/Inf become ``null``)."""
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
 
 from .jsonio import dumps_strict
 
@@ -103,10 +103,16 @@ def _truncate_quietly(fd: int, size: int) -> None:
         pass  # the next append cuts the torn tail instead
 
 
-def last_record(path: str | os.PathLike[str], accept: Callable[[Any], bool] = lambda value: True) -> Any | None:
-    """The last complete line of ``path`` that parses and that ``accept`` takes, read from the tail; None if none."""
+def last_record(
+    path: str | os.PathLike[str] | Callable[[], BinaryIO], accept: Callable[[Any], bool] = lambda value: True
+) -> Any | None:
+    """The last complete line of ``path`` that parses and that ``accept`` takes, read from the tail; None if none.
+
+    ``path`` may also be a function that opens the file in binary mode (a
+    web server's, which follows no symlink).
+    """
     try:
-        fh = open(path, "rb")
+        fh = path() if callable(path) else open(path, "rb")
     except FileNotFoundError:
         return None
     with fh:

@@ -164,6 +164,18 @@ class LivenessJudge:
         if run.get("status") not in _LIVE:
             self._forget(run.get("run_id"))
             return None
+        return self._owner_death(run, mtime, now)
+
+    def owner_alive(self, run: Mapping[str, Any], *, mtime: float | None = None, now: datetime | None = None) -> bool:
+        """Whether the process that holds ``run`` is still there, whatever its status says.
+
+        Judged by the same rules (pid where it may be, else the heartbeat): a
+        finished run whose process still holds it (``attached``) may record
+        validate/test stages yet.
+        """
+        return self._owner_death(run, mtime, now) is None
+
+    def _owner_death(self, run: Mapping[str, Any], mtime: float | None, now: datetime | None) -> str | None:
         owner = ProcessIdentity.of_run(run)
         if owner.pid is not None and self.reader.shares_pids_with(owner):
             return self._pid_reason(owner)

@@ -224,7 +224,16 @@ class RunCatalog:
             open_log=lambda: self.files.open(run_id, RunDirectory.EVENTS_JSONL),
             death_reason=(lambda: self.death_reason(run_id)) if liveness else None,
             liveness_check_s=self.settings.dead_run_check_s,
+            attached=lambda: self.attached(run_id),
         )
+
+    def attached(self, run_id: str) -> bool:
+        """Whether the process that trained the run still holds it (validate/test stages may follow fit)."""
+        try:
+            run, info = self.files.read_json(run_id, RunDirectory.RUN_JSON)
+        except (OSError, ValueError):
+            return False
+        return isinstance(run, dict) and bool(run.get("attached")) and self.judge.owner_alive(run, mtime=info.mtime)
 
     # -- MLflow ------------------------------------------------------------------
     def _mlflow_source(self, run_id: str) -> MlflowEventSource:
