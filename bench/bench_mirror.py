@@ -110,11 +110,11 @@ def child(variant: str, interval: int, uri: str | None, workdir: Path) -> dict:
 
     result: dict = {"fit_s": fit_s, "mlflow_run_id": None, "expected_points": None}
     if variant == "trackbridge":
-        from trackbridge.mirror.sync import local_points
+        from trackbridge.mirror.backlog import record_points
 
         run = stack.run_dir.read_run()
         result["mlflow_run_id"] = run["mlflow"]["run_id"]
-        result["expected_points"] = len(local_points(stack.run_dir))
+        result["expected_points"] = len(record_points(stack.run_dir))
         result["pending"] = run["mlflow"]["artifacts_pending"]
     elif variant.startswith("mlflowlogger"):
         result["mlflow_run_id"] = logger.run_id

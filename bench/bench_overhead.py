@@ -103,11 +103,11 @@ def child(variant: str, workload: str, uri: str | None, workdir: Path) -> dict:
     trainer.fit(module, **fit_args)
     result: dict = {"fit_s": time.perf_counter() - start, "mlflow_run_id": None, "expected_points": None}
     if stack is not None and variant != "local":
-        from trackbridge.mirror.sync import local_points
+        from trackbridge.mirror.backlog import record_points
 
         stack.close()
         result["mlflow_run_id"] = stack.run_dir.read_run()["mlflow"]["run_id"]
-        result["expected_points"] = len(local_points(stack.run_dir))
+        result["expected_points"] = len(record_points(stack.run_dir))
     return result
 
 

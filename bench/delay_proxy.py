@@ -21,6 +21,33 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
 
 
+def forward(local: threading.local, upstream: urllib.parse.SplitResult, method: str, path: str,
+            request_headers: object, body: bytes | None) -> tuple[int, str, list[tuple[str, str]], bytes] | None:
+    """Send one request upstream on this thread's kept-alive connection (retried once on a stale one).
+
+    Returns ``(status, reason, headers without hop-by-hop ones and Content-Length, body)``,
+    or None when the upstream cannot be reached. tests/fault_proxy.py forwards with it too.
+    """
+    headers = {k: v for k, v in request_headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "host"}
+    headers["Host"] = upstream.netloc
+    for attempt in (1, 2):
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=120)
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            payload = response.read()
+            break
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            local.conn = None
+            if attempt == 2:
+                return None
+    kept = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"]
+    return response.status, response.reason, kept, payload
+
+
 def make_handler(upstream: urllib.parse.SplitResult, delay_s: float) -> type[BaseHTTPRequestHandler]:
     local = threading.local()  # one upstream connection per proxy thread
 
@@ -37,27 +64,14 @@ def make_handler(upstream: urllib.parse.SplitResult, delay_s: float) -> type[Bas
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
             time.sleep(delay_s)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "host"}
-            headers["Host"] = upstream.netloc
-            for attempt in (1, 2):
-                conn = getattr(local, "conn", None)
-                if conn is None:
-                    conn = local.conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=120)
-                try:
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    response = conn.getresponse()
-                    payload = response.read()
-                    break
-                except (OSError, http.client.HTTPException):
-                    conn.close()
-                    local.conn = None
-                    if attempt == 2:
-                        self.send_error(502, "upstream unreachable")
-                        return
-            self.send_response(response.status, response.reason)
-            for key, value in response.getheaders():
-                if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
-                    self.send_header(key, value)
+            answer = forward(local, upstream, self.command, self.path, self.headers, body)
+            if answer is None:
+                self.send_error(502, "upstream unreachable")
+                return
+            status, reason, headers, payload = answer
+            self.send_response(status, reason)
+            for key, value in headers:
+                self.send_header(key, value)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             if self.command != "HEAD":

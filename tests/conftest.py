@@ -127,7 +127,8 @@ class MlflowServer:
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads the developer's MLflow, token or runs root, or phones home."""
-    for name in ("MLFLOW_TRACKING_URI", "TRACKBRIDGE_RUNS_ROOT", "TRACKBRIDGE_TOKEN", "MLFLOW_EXPERIMENT_NAME"):
+    for name in ("MLFLOW_TRACKING_URI", "TRACKBRIDGE_RUNS_ROOT", "TRACKBRIDGE_TOKEN", "MLFLOW_EXPERIMENT_NAME",
+                 "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
 

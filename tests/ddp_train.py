@@ -34,7 +34,8 @@ class RankReport(pl.Callback):
         self.epochs.append(trainer.current_epoch + 1)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        mirror = next((cb for cb in trainer.callbacks if type(cb).__name__ == "MLflowMirror"), None)
+        parts = [part for cb in trainer.callbacks for part in (getattr(cb, "parts", None) or [cb])]  # the composite's
+        mirror = next((cb for cb in parts if type(cb).__name__ == "MLflowMirror"), None)
         mlflow_run_id = getattr(mirror, "mlflow_run_id", None)
         rank = trainer.global_rank
         attached = None

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections import defaultdict
 from pathlib import Path
 
+import lightning.pytorch as pl
 from mlflow.tracking import MlflowClient
 
-from trackbridge import RunDirectory
+from trackbridge import RunDirectory, TrackingConfig, build_callbacks
 
 
 def record_series(run_dir: RunDirectory) -> dict[str, list[tuple[int, float]]]:
@@ -38,7 +41,8 @@ def assert_history_equals_record(client: MlflowClient, run_dir: RunDirectory, ml
     remote = mlflow_series(client, mlflow_run_id, local)
     assert "train_loss_step" in local and "val_loss" in local  # both kinds of points are compared
     for key, points in local.items():
-        assert sorted(remote[key]) == sorted(points), f"MLflow history of {key!r} differs from the record"
+        assert sorted(remote[key]) == sorted(points), (
+            f"MLflow history of {key!r} differs from the record: {sorted(remote[key])} != {sorted(points)}")
         steps = [step for step, _ in remote[key]]
         assert len(steps) == len(set(steps)), f"duplicate steps in MLflow's {key!r}"
     extra = set(client.get_run(mlflow_run_id).data.metrics) - set(local)
@@ -63,3 +67,46 @@ def artifact_paths(client: MlflowClient, mlflow_run_id: str, folder: str | None 
 
 def read_log(run_dir: RunDirectory) -> str:
     return Path(run_dir.training_log).read_text()
+
+
+class AtEpochStart(pl.Callback):
+    """Runs ``action`` when epoch ``index`` (0-based) starts, and times it (test time, not mirror time)."""
+
+    def __init__(self, index: int, action) -> None:
+        self.index, self.action, self.spent = index, action, 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.index:
+            start = time.monotonic()
+            self.action()
+            self.spent += time.monotonic() - start
+
+
+def timed_fit(runs_root, tracking_uri, *hooks: AtEpochStart, epochs: int = 5, sleep_s: float = 0.05, **config):
+    """Train the slow tiny model with the whole stack; returns (run_dir, mirror, fit seconds minus hook time)."""
+    from tiny import TinyRegressor, tiny_loaders, tiny_trainer
+    from trackbridge.callbacks.mlflow_mirror import MLflowMirror
+
+    run_id = f"out-{uuid.uuid4().hex[:8]}"
+    stack = build_callbacks(TrackingConfig(task="regression", runs_root=runs_root, run_id=run_id,
+                                           tracking_uri=tracking_uri, early_stopping_patience=0, **config))
+    mirror = next(cb for cb in stack.parts if isinstance(cb, MLflowMirror))
+    train, val = tiny_loaders()
+    trainer = tiny_trainer([*stack, *hooks], max_epochs=epochs)
+    start = time.monotonic()
+    trainer.fit(TinyRegressor(sleep_s=sleep_s), train, val)
+    took = time.monotonic() - start - sum(hook.spent for hook in hooks)
+    print(f"{run_id}: fit {took:.2f} s (hooks {sum(hook.spent for hook in hooks):.2f} s)")
+    run_dir = stack.run_dir
+    assert run_dir.read_run()["status"] == "completed" and trainer.current_epoch == epochs
+    assert mirror.worker.crashed is None
+    return run_dir, mirror, took
+
+
+def sync_cli(run_dir: RunDirectory, *args: str):
+    """``trackbridge sync RUN_ID --runs-root ROOT ARGS`` in this process (click's runner): exit code and output."""
+    from click.testing import CliRunner
+
+    from trackbridge.cli import main
+
+    return CliRunner().invoke(main, ["sync", run_dir.run_id, "--runs-root", str(run_dir.runs_root), *args])

@@ -34,7 +34,9 @@ def test_config_defaults():
     config = TrackingConfig(task="regression")
     assert config.run_id is None and str(config.runs_root) == "runs"
     assert config.early_stopping_patience == 10
-    assert config.experiment == "trackbridge" and config.register_alias == "champion"
+    # issue 10: None means MLFLOW_EXPERIMENT_NAME / _ID, else "trackbridge", resolved when the run is created
+    assert config.experiment is None and config.register_alias == "champion"
+    assert config.run_name is None and dict(config.tags) == {} and config.description is None
     assert config.mirror_checkpoints == "best_last" and config.flush_timeout_s == 30
 
 

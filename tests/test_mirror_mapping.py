@@ -11,6 +11,7 @@ import pytest
 from trackbridge import RunDirectory
 from trackbridge.mirror import mapping
 from trackbridge.mirror.cursor import Cursor, cursor_of
+from trackbridge.mirror.mapping import Stream
 from trackbridge.mirror.uri import (
     default_tracking_uri,
     embedded_root,
@@ -116,13 +117,13 @@ def test_cursor_watermarks_only_move_forward(runs_root):
     run_dir.create()
     cursor = Cursor(run_dir)
     assert cursor.read()["last_epoch_mirrored"] is None and cursor.read()["artifacts_pending"] == []
-    cursor.advance(epoch=3, step=40)
-    cursor.advance(epoch=2, step=None)
+    cursor.advance({Stream.EPOCH: 3, Stream.STEP: 40})
+    cursor.advance({Stream.EPOCH: 2, Stream.STEP: None})
     cursor.add_pending(["checkpoints/best.ckpt", "metrics.json"])
     cursor.add_pending(["checkpoints/best.ckpt"])
     cursor.remove_pending(["metrics.json"])
     stored = cursor_of(run_dir.read_run())
-    assert (stored["last_epoch_mirrored"], stored["last_step_mirrored"]) == (3, 40)
+    assert (stored["last_epoch_mirrored"], stored["last_step_line_mirrored"]) == (3, 40)
     assert stored["artifacts_pending"] == ["checkpoints/best.ckpt"]
 
 

@@ -8,57 +8,20 @@ test itself spends stopping or waiting for the server inside a hook).
 from __future__ import annotations
 
 import threading
-import time
-import uuid
 
-import lightning.pytorch as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
-from trackbridge import RunDirectory, TrackingConfig, build_callbacks
-from trackbridge.callbacks.mlflow_mirror import MLflowMirror
+from trackbridge import RunDirectory
 from trackbridge.mirror.sync import sync_run
 
 from conftest import MlflowServer, free_port, run_cli
-from mirror_helpers import assert_history_equals_record, read_log, total_points
-from tiny import TinyRegressor, tiny_loaders, tiny_trainer
+from mirror_helpers import AtEpochStart, assert_history_equals_record, read_log, timed_fit, total_points
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 5
-SLEEP_S = 0.05  # per step, 8 steps per epoch: half a second an epoch, time to act in epoch 2
+EPOCHS = 5  # timed_fit's: 8 steps of 50 ms per epoch, half a second an epoch, time to act in epoch 2
 SLACK_S = 3.0  # "within a few seconds of an undisturbed run"
-
-
-class AtEpochStart(pl.Callback):
-    """Runs ``action`` when epoch ``index`` (0-based) starts, and times it (test time, not mirror time)."""
-
-    def __init__(self, index: int, action) -> None:
-        self.index, self.action, self.spent = index, action, 0.0
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.index:
-            start = time.monotonic()
-            self.action()
-            self.spent += time.monotonic() - start
-
-
-def timed_fit(runs_root, tracking_uri, *hooks: AtEpochStart):
-    """Train the slow model with the whole stack; returns (run_dir, mirror, fit seconds minus hook time)."""
-    run_id = f"out-{uuid.uuid4().hex[:8]}"
-    stack = build_callbacks(TrackingConfig(task="regression", runs_root=runs_root, run_id=run_id,
-                                           tracking_uri=tracking_uri, early_stopping_patience=0))
-    mirror = next(cb for cb in stack.parts if isinstance(cb, MLflowMirror))
-    train, val = tiny_loaders()
-    trainer = tiny_trainer([*stack, *hooks], max_epochs=EPOCHS)
-    start = time.monotonic()
-    trainer.fit(TinyRegressor(sleep_s=SLEEP_S), train, val)
-    took = time.monotonic() - start - sum(hook.spent for hook in hooks)
-    print(f"{run_id}: fit {took:.2f} s (hooks {sum(hook.spent for hook in hooks):.2f} s)")
-    run_dir = stack.run_dir
-    assert run_dir.read_run()["status"] == "completed" and trainer.current_epoch == EPOCHS
-    assert mirror.worker.crashed is None
-    return run_dir, mirror, took
 
 
 def sync(run_dir: RunDirectory, *args: str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 import uuid
@@ -13,7 +14,6 @@ from mlflow.tracking import MlflowClient
 
 from trackbridge import RunDirectory, TrackingConfig, build_callbacks
 from trackbridge.callbacks.mlflow_mirror import MLflowMirror
-from trackbridge.record.jsonio import read_jsonl
 
 from conftest import run_cli
 from mirror_helpers import artifact_paths, assert_history_equals_record, read_log
@@ -172,6 +172,13 @@ def test_failing_run_is_failed_and_stopped_run_is_killed_in_mlflow(runs_root, ml
 
 
 def test_resume_continues_the_same_mlflow_run_without_duplicate_steps(runs_root, mlflow_server):
+    """Steps are monotonic (DESIGN §6): the resumed run keeps the first attempt's steps past the checkpoint.
+
+    This test used to expect steps.jsonl cut back to the checkpoint and the
+    re-run steps skipped in MLflow; under the monotonic rule the record keeps
+    its history and records only steps past the last one it holds, so MLflow
+    and the record agree without MLflow ever holding a (key, step) twice.
+    """
     client = MlflowClient(mlflow_server.url)
     again = uid("again")
     # The first attempt dies in epoch 3, after its step points of that epoch reached MLflow.
@@ -179,16 +186,18 @@ def test_resume_continues_the_same_mlflow_run_without_duplicate_steps(runs_root,
         fit_tiny(runs_root, again, mlflow_server.url, module=TinyRegressor(fail_at_step=21), epochs=4)
     run_dir = RunDirectory(runs_root, again)
     first = run_dir.read_run()["mlflow"]
-    assert first["last_step_mirrored"] > 16  # beyond last.ckpt (end of epoch 2, global step 16)
+    # beyond last.ckpt (end of epoch 2, global step 16: steps 1, 3, ..., 15 are lines 0-7 of steps.jsonl)
+    assert first["last_step_line_mirrored"] > 7
+    first_steps = [json.loads(line) for line in run_dir.steps_jsonl.read_text().splitlines()]
 
     _, mirror, _ = fit_tiny(runs_root, again, mlflow_server.url, epochs=4, resume=True)
     second = run_dir.read_run()
     assert second["mlflow"]["run_id"] == first["run_id"] == mirror.mlflow_run_id
     assert [r["epoch"] for r in run_dir.read_metrics()] == [1, 2, 3, 4]
-    # monotonic steps (DESIGN §6): the re-run steps are not recorded again, locally or in MLflow
-    steps = [line["step"] for line in read_jsonl(run_dir.steps_jsonl) if "train_loss_step" in line]
-    assert steps == sorted(set(steps))
-    assert mirror.worker.crashed is None
+    steps = [json.loads(line) for line in run_dir.steps_jsonl.read_text().splitlines()]
+    assert steps[: len(first_steps)] == first_steps  # history kept as it was
+    assert [s["step"] for s in steps] == sorted({s["step"] for s in steps})  # each step once, in order
+    assert mirror.worker.crashed is None and mirror.delivered is True
     assert_history_equals_record(client, run_dir)
     assert client.get_run(first["run_id"]).info.status == "FINISHED"
     assert len(client.search_runs([first["experiment_id"]], f"tags.`trackbridge.run_id` = '{again}'")) == 1
@@ -218,11 +227,11 @@ def test_mirror_worker_uploads_only_the_newest_of_queued_changes(runs_root, mlfl
     from mlflow.artifacts import download_artifacts
 
     from trackbridge.mirror.worker import MirrorWorker
+    from trackbridge.mirror.writer import RunWriter, spec_for
 
     run_dir = RunDirectory(runs_root, uid("latest"))
-    run_dir.create({"task": "regression"})
-    worker = MirrorWorker(run_dir, tracking_uri=mlflow_server.url, experiment="trackbridge",
-                          params={"p": "1"}, tags={"trackbridge.run_id": run_dir.run_id})
+    run_dir.create({"task": "regression", "config": {"tracking_uri": mlflow_server.url}})
+    worker = MirrorWorker(RunWriter(run_dir, spec_for(run_dir, extra_params={"p": "1"})))
     for version in (b"v1", b"v2", b"v3"):  # the worker has not looked yet: as if busy uploading
         run_dir.best_ckpt.write_bytes(version)
         worker.upload("checkpoints/best.ckpt")

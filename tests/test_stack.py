@@ -56,9 +56,9 @@ def test_stack_contains_the_design_callbacks(runs_root):
     # trackbridge's parts reach the Trainer as one callback: Lightning's per-callback cost is paid once
     assert [type(cb).__name__ for cb in stack] == ["TrackbridgeCallback", "EarlyStopping", "ModelCheckpoint", "ModelCheckpoint"]
     assert isinstance(stack[0], TrackbridgeCallback)
-    checkpoints = [cb for cb in stack if isinstance(cb, ModelCheckpoint)]
+    checkpoints = [cb for cb in stack.parts if isinstance(cb, ModelCheckpoint)]
     assert [(c.monitor, c.mode, c.filename) for c in checkpoints] == [("val_mae", "min", "best"), (None, "min", "last")]
-    early = next(cb for cb in stack if isinstance(cb, EarlyStopping))
+    early = next(cb for cb in stack.parts if isinstance(cb, EarlyStopping))
     assert (early.monitor, early.mode, early.min_delta, early.patience) == ("val_loss", "min", -1e-4, 10)
     lr = next(cb for cb in stack.parts if isinstance(cb, LearningRateMonitor))
     assert lr.logging_interval == "epoch"

@@ -45,7 +45,7 @@ _LAZY = {
     "build_callbacks": "trackbridge.callbacks",
     "MLflowMirror": "trackbridge.callbacks.mlflow_mirror",
     "RegistrationError": "trackbridge.mirror.registry",
-    "register_run": "trackbridge.mirror.registry",
+    "register_run": "trackbridge.mirror.sync",
     "SyncResult": "trackbridge.mirror.sync",
     "sync_run": "trackbridge.mirror.sync",
     "WebSettings": "trackbridge.web",
@@ -114,7 +114,7 @@ if TYPE_CHECKING:
         build_callbacks,
     )
     from .callbacks.mlflow_mirror import MLflowMirror
-    from .mirror.registry import RegistrationError, register_run
-    from .mirror.sync import SyncResult, sync_run
+    from .mirror.registry import RegistrationError
+    from .mirror.sync import SyncResult, register_run, sync_run
     from .web import WebSettings, create_app, create_blueprint
     from .web.dashboard import create_dashboard_blueprint

@@ -36,7 +36,11 @@ class TrackingConfig:
     # MLflow mirror (DESIGN §6)
     mlflow: bool = True
     tracking_uri: str | None = None
-    experiment: str = "trackbridge"
+    # None: $MLFLOW_EXPERIMENT_NAME, else $MLFLOW_EXPERIMENT_ID, else "trackbridge" (read when the run is created)
+    experiment: str | None = None
+    run_name: str | None = None  # the MLflow run's name; None: the run id
+    tags: Mapping[str, str] = field(default_factory=dict)  # extra MLflow run tags
+    description: str | None = None  # the MLflow run's description (mlflow.note.content)
     register_model: str | None = None
     register_alias: str = "champion"
     mirror_checkpoints: str = "best_last"
@@ -96,21 +100,27 @@ class TrackingConfig:
         _check_int(self, "media_max_bytes", 1, "a positive number of bytes")
         if self.resume and self.run_id is None:
             raise ValueError("`resume=True` needs the `run_id` of the run to resume")
-        # Freeze the mapping too: a frozen dataclass with a mutable dict inside is not frozen.
+        for key in self.tags:
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"`tags` keys must be non-empty strings, got {key!r}")
+        # Freeze the mappings too: a frozen dataclass with a mutable dict inside is not frozen.
         object.__setattr__(
             self, "hyperparameters", MappingProxyType(dict(self.hyperparameters))
         )
+        object.__setattr__(self, "tags", MappingProxyType({k: str(v) for k, v in self.tags.items()}))
 
     def __getstate__(self) -> dict[str, Any]:
         # The frozen mapping does not pickle (ddp_spawn pickles the whole stack): travel as a dict.
         state = {f.name: getattr(self, f.name) for f in fields(self)}
         state["hyperparameters"] = dict(self.hyperparameters)
+        state["tags"] = dict(self.tags)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
             object.__setattr__(self, name, value)
         object.__setattr__(self, "hyperparameters", MappingProxyType(dict(state.get("hyperparameters") or {})))
+        object.__setattr__(self, "tags", MappingProxyType(dict(state.get("tags") or {})))
 
     @property
     def task_spec(self) -> TaskSpec:
@@ -134,6 +144,7 @@ class TrackingConfig:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["runs_root"] = str(self.runs_root)
         data["hyperparameters"] = dict(self.hyperparameters)
+        data["tags"] = dict(self.tags)
         data["monitor"] = self.resolved_monitor
         data["mode"] = self.resolved_mode
         return data

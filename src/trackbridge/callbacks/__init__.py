@@ -1,7 +1,8 @@
 """Lightning callbacks: one per module; :func:`build_callbacks` assembles the stack."""
 
+from typing import Any
+
 from .json_metric_logger import JSONMetricLogger
-from .lightning_cli import LightningCLIConfig
 from .logger import TrackbridgeLogger
 from .run_status_updater import RunStatusUpdater
 from .session import RunSession
@@ -24,3 +25,12 @@ __all__ = [
     "TrainingLogFile",
     "build_callbacks",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # LightningCLIConfig imports lightning.pytorch.cli and jsonargparse (tens of ms): only when asked for
+    if name == "LightningCLIConfig":
+        from .lightning_cli import LightningCLIConfig
+
+        return LightningCLIConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

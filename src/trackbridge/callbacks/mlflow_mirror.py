@@ -1,17 +1,24 @@
-"""MLflowMirror: the run's record, params, tags, artifacts and status → MLflow, off the training thread.
+"""MLflowMirror: the run's record, params, tags, datasets, images, artifacts and status → MLflow, off the training thread.
 
-The callback only decides *when*: each hook hands an item to the run's
+The callback only decides *when*: the run's writer thread hands over what it
+wrote (step lines, epoch records, stages, system samples; the media thread,
+images), and each goes to the run's
 :class:`~trackbridge.mirror.worker.MirrorWorker`, which owns every MLflow
-call. Training never waits on MLflow, and an MLflow outage never fails it.
+call through the run's :class:`~trackbridge.mirror.writer.RunWriter`.
+Training never waits on MLflow, and an MLflow outage never fails it.
 
-When training ends, ``fit`` waits at most ``flush_timeout_s`` for the worker
+When fit ends (its ``teardown``), ``fit`` waits at most ``flush_timeout_s`` for the worker
 to deliver the rest (last points, checkpoints, metrics.json, run.json,
 training.log, the status, a registration), with the requests overlapped;
 whatever does not make it is left in run.json's cursor for ``trackbridge sync``.
+A ``validate``/``test`` stage after fit gets a worker of its own that sends
+the stage's metrics (at step = the last fit epoch) and its dataset, and
+leaves the MLflow status as fit set it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,19 +26,27 @@ from typing import Any
 import lightning.pytorch as pl
 
 from ..config import TrackingConfig
-from ..mirror.mapping import iso_to_ms, mlflow_status, run_params, run_tags
+from ..mirror.conventions import active_run, context_tags
+from ..mirror.cursor import Cursor
+from ..mirror.datasets import describe_datasets
+from ..mirror.mapping import FINAL_ARTIFACTS, mlflow_status
 from ..mirror.registry import class_path
 from ..mirror.uri import resolve_tracking_uri
 from ..mirror.worker import MirrorWorker, end_ms_now
-from ..record.jsonio import to_jsonable
+from ..mirror.writer import RunWriter, spec_for
+from ..record.jsonio import read_json, to_jsonable
 from ..record.run_dir import RunDirectory
 from ..record.status import RunStatus
 from .guard import tracking_hook
 from .session import RunSession
 
-FINAL_ARTIFACTS = ("metrics.json", "run.json", "logs/training.log")
+log = logging.getLogger("trackbridge.mirror")
+
 # How long a DDP rank zero waits in setup for the MLflow run id it broadcasts.
 DDP_RUN_ID_WAIT_S = 10.0
+STAGES = ("validate", "test")
+# What the run's writer thread hands over once written, and the worker method that takes it.
+SUBSCRIPTIONS = (("epoch", "log_epoch"), ("stage", "log_stage"), ("system", "log_system"))
 
 
 class MLflowMirror(pl.Callback):
@@ -50,6 +65,8 @@ class MLflowMirror(pl.Callback):
         self.delivered: bool | None = None  # after fit: did everything reach MLflow in time?
         self._broadcast_run_id: str | None = None
         self._mtimes: dict[str, int | None] = {}
+        self._fitting = False
+        self._train_ended = False
 
     @property
     def mlflow_run_id(self) -> str | None:
@@ -75,8 +92,8 @@ class MLflowMirror(pl.Callback):
     # -- what the Lightning logger asks ------------------------------------------------------
     def wait_for_run_id(self, timeout: float) -> str | None:
         """The MLflow run id, waiting up to ``timeout`` s for the worker's first connection."""
-        if self.worker is not None and self.worker.mlflow_run_id is None:
-            self.worker.ready.wait(timeout)
+        if self.worker is not None:
+            return self.worker.wait_for_run_id(timeout) or self._broadcast_run_id
         return self.mlflow_run_id
 
     def upload(self, relpath: str) -> None:
@@ -86,53 +103,98 @@ class MLflowMirror(pl.Callback):
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Params logged by ``logger.log_hyperparams`` at any time (new keys reach MLflow)."""
-        if self.worker is not None and hasattr(self.worker, "log_params"):
+        if self.worker is not None:
             self.worker.log_params(params)
 
     # -- lifecycle -------------------------------------------------------------
     @tracking_hook
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
+        if stage != "fit" and (stage not in STAGES or self._fitting):
             return
         self.session.setup(trainer)
         if trainer.is_global_zero:
+            self._fitting = stage == "fit"
             self.session.mirror = self
-            self.worker = self._make_worker(trainer, pl_module)
-            self.worker.start()
-            writer = self.session.writer
-            if writer is not None:  # the mirror gets what the local record holds, once it holds it
-                writer.subscribe("steps", self._on_steps)
-                writer.subscribe("epoch", self._on_epoch)
-        if trainer.world_size > 1:
+            self.worker = self._make_worker(trainer, pl_module, fit=self._fitting)
+            self._start_and_subscribe(self.worker)
+        if stage == "fit" and trainer.world_size > 1:
             # Every rank learns the run id; the wait is bounded and happens once, before training.
             if self.worker is not None:
-                self.worker.ready.wait(DDP_RUN_ID_WAIT_S)
+                self.worker.wait_for_run_id(DDP_RUN_ID_WAIT_S)
             self._broadcast_run_id = trainer.strategy.broadcast(self.mlflow_run_id, src=0)
 
-    def _make_worker(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> MirrorWorker:
-        from .. import __version__
-
-        run = self.run_dir.read_run()
-        started = run.get("started_at") or run.get("created_at")
+    def _make_worker(self, trainer: pl.Trainer, pl_module: pl.LightningModule, fit: bool) -> MirrorWorker:
+        if fit:
+            self._adopt_active_run()
+        spec = spec_for(self.run_dir, extra_params=_model_hparams(trainer, pl_module),
+                        module_class=class_path(type(pl_module)))
         return MirrorWorker(
-            self.run_dir,
-            tracking_uri=resolve_tracking_uri(self.config.tracking_uri),
-            experiment=self.config.experiment,
-            params=run_params(run, _model_hparams(trainer, pl_module)),
-            tags=run_tags(run, __version__),
-            start_ms=iso_to_ms(started) if started else None,
-            resume=self.config.resume,
-            module_class=class_path(type(pl_module)),
+            RunWriter(self.run_dir, spec),
             flush_timeout_s=self.config.flush_timeout_s,
+            context_tags=context_tags if fit else None,  # a stage after fit keeps the run's
+            mark_running=fit,
         )
+
+    def _adopt_active_run(self) -> None:
+        """An ``mlflow.start_run()`` run active on this thread is mirrored into, not duplicated."""
+        active = active_run()
+        if active is None:
+            return
+        run_id, uri = active
+        cursor = Cursor(self.run_dir)
+        if cursor.read()["run_id"] == run_id:
+            return
+        if self.config.tracking_uri and self.config.tracking_uri != uri:
+            log.warning("the active MLflow run %s is on %s, the config names %s: not adopting it",
+                        run_id, uri, self.config.tracking_uri)
+            return
+        cursor.update(run_id=run_id, adopted=True, tracking_uri=uri, experiment=None, experiment_id=None)
+
+    def _start_and_subscribe(self, worker: MirrorWorker) -> None:
+        """Start the worker and give it what the local record holds from then on (never what it does not).
+
+        Both happen in the record writer's thread, between two of its waves:
+        what is written before is history the worker replays from the files,
+        what is written after reaches it from the writer, and no line is both.
+        """
+        writer = self.session.writer
+
+        def attach() -> None:
+            worker.start()
+            if writer is not None:
+                writer.subscribe("steps", self._on_steps)
+                for kind, method in SUBSCRIPTIONS:
+                    writer.subscribe(kind, getattr(worker, method))
+            media = getattr(self.session, "media", None)
+            if media is not None and hasattr(media, "mirror_hook"):
+                media.mirror_hook = worker.log_media  # called once an entry's line is written
+
+        if writer is None:
+            attach()
+        else:
+            writer.call(attach, wake=True)
+
+    def _unsubscribe(self, worker: MirrorWorker) -> None:
+        writer = self.session.writer
+        if writer is not None:
+            writer.unsubscribe("steps", self._on_steps)
+            for kind, method in SUBSCRIPTIONS:
+                writer.unsubscribe(kind, getattr(worker, method))
+        media = getattr(self.session, "media", None)
+        if media is not None and getattr(media, "mirror_hook", None) == worker.log_media:
+            media.mirror_hook = None
 
     @tracking_hook
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.worker is None:
             return
-        if self.config.resume:
-            # metrics.json and steps.jsonl are cut back to the checkpoint by now
-            self.worker.reconcile(trainer.current_epoch, trainer.global_step)
+        datamodule = getattr(trainer, "datamodule", None)
+        self.worker.log_inputs(describe_datasets(datamodule, _loaders(trainer, "fit")))
+        self.session.flush(2.0)  # params and a config file recorded in setup are in run.json now
+        run = self.run_dir.read_run()
+        self.worker.log_params(run.get("logged_hyperparameters") or {})
+        if run.get("config_file") and (self.run_dir.path / run["config_file"]).is_file():
+            self.worker.upload(run["config_file"])
         self._mtimes = {path: _mtime(self.run_dir.path / path) for path in self._checkpoint_paths()}
 
     @tracking_hook
@@ -147,34 +209,57 @@ class MLflowMirror(pl.Callback):
 
     @tracking_hook
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.worker is None:
-            return
-        status, _ = self.session.outcome()
-        self.session.flush()  # the last step lines reach the worker through the writer
-        self._finish(status, pl_module)
+        # The end goes out in teardown: Lightning may still log the last step's metrics after
+        # on_train_end (a stopped run's last batch), and the record takes them.
+        self._train_ended = self._fitting
 
     @tracking_hook
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if self.worker is None:
+        if self.worker is None or not self._fitting:
+            return
+        self.session.flush()  # the last lines reach the worker (and a worker not started yet starts)
+        if not self.worker.alive:
             return
         status, error = self.session.outcome(exception)
-        self.session.flush()
         self._finish(status, pl_module, error)
 
     @tracking_hook
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.worker is not None and self.worker.alive:  # fit ended without on_train_end/on_exception
-            self.worker.close(self.config.flush_timeout_s)
-        writer = self.session.writer
-        if writer is not None:
-            writer.unsubscribe("steps", self._on_steps)
-            writer.unsubscribe("epoch", self._on_epoch)
+        worker = self.worker
+        if worker is None:
+            return
+        self.session.flush()  # the last lines reach the worker through the writer
+        if worker.alive:
+            if stage in STAGES and not self._fitting:
+                self._finish_stage(trainer, stage)
+            elif self._train_ended:
+                status, _ = self.session.outcome()
+                self._finish(status, pl_module)
+            else:  # fit ended without training (an error before it began was on_exception's)
+                worker.close(self.config.flush_timeout_s)
+        if stage == "fit":
+            self._fitting = self._train_ended = False
+        self._unsubscribe(worker)
+
+    def _finish_stage(self, trainer: pl.Trainer, stage: str) -> None:
+        """A validate/test after fit: its stage entry (written by now), its dataset, the files; no status."""
+        worker = self.worker
+        assert worker is not None
+        try:
+            stages = read_json(self.run_dir.metrics_json).get("stages") or []
+        except (FileNotFoundError, ValueError):
+            stages = []
+        for entry in stages:  # handed over by the writer too: the worker takes each once
+            worker.log_stage(entry)
+        context = "test" if stage == "test" else "validation"
+        datasets = [d for d in describe_datasets(getattr(trainer, "datamodule", None), _loaders(trainer, stage))
+                    if d["context"] == context]
+        if datasets:
+            worker.log_inputs(datasets)
+        worker.end_run(None, None, list(FINAL_ARTIFACTS), None, self.config.flush_timeout_s)
+        worker.close(self.config.flush_timeout_s)
 
     # -- what goes to the worker ---------------------------------------------
-    def _on_epoch(self, record: dict[str, Any]) -> None:
-        if self.worker is not None:
-            self.worker.log_epoch(record)
-
     def _on_steps(self, lines: list[dict[str, Any]]) -> None:
         if self.worker is not None:
             for line in lines:
@@ -209,6 +294,21 @@ class MLflowMirror(pl.Callback):
             mlflow_status(status), end_ms_now(), uploads, register, self.config.flush_timeout_s, error=error
         )
         self.delivered = worker.close(self.config.flush_timeout_s)
+
+
+def _loaders(trainer: pl.Trainer, stage: str) -> dict[str, Any]:
+    """The Trainer's loaders by MLflow context, for datasets a data module does not name."""
+    names = {"fit": (("training", "train_dataloader"), ("validation", "val_dataloaders")),
+             "validate": (("validation", "val_dataloaders"),), "test": (("test", "test_dataloaders"),)}[stage]
+    loaders = {}
+    for context, attribute in names:
+        try:
+            loader = getattr(trainer, attribute)
+        except Exception:  # Lightning raises when a loop has no data yet
+            loader = None
+        if loader is not None:
+            loaders[context] = loader
+    return loaders
 
 
 def _model_hparams(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:

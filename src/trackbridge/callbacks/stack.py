@@ -179,7 +179,7 @@ def _prepare(session: RunSession, config: TrackingConfig) -> None:
 def _run_fields(config: TrackingConfig) -> dict[str, Any]:
     from .. import __version__
 
-    return {
+    fields = {
         "task": config.task,
         "monitor": config.resolved_monitor,
         "mode": config.resolved_mode,
@@ -187,6 +187,23 @@ def _run_fields(config: TrackingConfig) -> dict[str, Any]:
         "config": config.to_dict(),
         "trackbridge_version": __version__,
     }
+    if config.mlflow:
+        fields["mlflow"] = cursor = _mlflow_cursor(config)
+        fields["config"]["experiment"] = cursor["experiment"]  # resolved, as monitor and mode are
+    return fields
+
+
+def _mlflow_cursor(config: TrackingConfig) -> dict[str, Any]:
+    """Where the run will be mirrored, resolved now (config, else MLflow's environment variables).
+
+    ``trackbridge sync`` reads it later, from whatever shell, and goes to the same place.
+    """
+    from ..mirror.conventions import resolve_experiment, run_id_to_adopt
+    from ..mirror.cursor import initial_cursor
+    from ..mirror.uri import resolve_tracking_uri
+
+    experiment = resolve_experiment(config.experiment)
+    return initial_cursor(resolve_tracking_uri(config.tracking_uri), experiment.name, experiment.id, run_id_to_adopt())
 
 
 def _is_global_zero() -> bool:

@@ -324,7 +324,8 @@ def _register_best(finished: list[dict[str, Any]], root: Path, name: str, tracki
     if best is None:
         click.echo("no completed classification run: nothing to register")
         return None
-    from ..mirror.registry import RegistrationError, register_run
+    from ..mirror.registry import RegistrationError
+    from ..mirror.sync import register_run
     from ..record.run_dir import RunDirectory
 
     click.echo(

@@ -17,7 +17,7 @@ from .options import resolve_runs_root, runs_root_option
               help="Alias to move to the new version if it beats the current holder.")
 @runs_root_option
 @click.option("--tracking-uri", metavar="URI",
-              help="MLflow to register in. [default: the run's MLflow, else $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db]")
+              help="MLflow to register in. [default: the run's, in run.json (resolved when it was created)]")
 def command(run_id: str, name: str, alias: str, runs_root: str | None, tracking_uri: str | None) -> None:
     """Register the best checkpoint of completed run RUN_ID as a new version of model NAME.
 
@@ -31,7 +31,8 @@ def command(run_id: str, name: str, alias: str, runs_root: str | None, tracking_
       trackbridge register reg-1 --name digits --alias champion
     """
     from ..mirror.client import MLFLOW_ERRORS
-    from ..mirror.registry import RegistrationError, register_run
+    from ..mirror.registry import RegistrationError
+    from ..mirror.sync import register_run
 
     root = resolve_runs_root(runs_root)
     try:
@@ -44,7 +45,7 @@ def command(run_id: str, name: str, alias: str, runs_root: str | None, tracking_
     except RegistrationError as exc:
         raise usage_error(str(exc)) from None
     except MLFLOW_ERRORS as exc:
-        click.echo(f"run {run_id}: MLflow error, not registered: {exc}", err=True)
+        click.echo(f"run {run_id}: MLflow failed, not registered: {exc}", err=True)
         raise SystemExit(1) from None
     click.echo(f"registered {result['name']} version {result['version']} ({result['model_uri']})")
     if result["alias_moved"]:

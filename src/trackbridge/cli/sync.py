@@ -11,6 +11,8 @@ from ..record.run_dir import RunDirectory, RunNotFoundError
 from .errors import usage_error
 from .options import resolve_runs_root, runs_root_option
 
+URI_SOURCES = {"--tracking-uri": "--tracking-uri", "run.json": "from run.json", "default": "default"}
+
 
 @click.command("sync")
 @click.argument("run_ids", nargs=-1, metavar="[RUN_ID]...")
@@ -18,23 +20,27 @@ from .options import resolve_runs_root, runs_root_option
 @runs_root_option
 @click.option(
     "--tracking-uri", metavar="URI",
-    help="MLflow to sync to. [default: the run's MLflow, else $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db]",
+    help="MLflow to sync to. [default: the run's, in run.json (resolved when it was created)]",
 )
-def command(run_ids: tuple[str, ...], all_runs: bool, runs_root: str | None, tracking_uri: str | None) -> None:
-    """Send MLflow what it lacks of finished runs: points, params, artifacts, status.
+@click.option("--verify", is_flag=True,
+              help="Compare with MLflow's full history of every metric instead of trusting run.json's cursor.")
+def command(run_ids: tuple[str, ...], all_runs: bool, runs_root: str | None, tracking_uri: str | None,
+            verify: bool) -> None:
+    """Send MLflow what it lacks of finished runs: points, images, params, artifacts, status.
 
-    Safe to repeat: MLflow's history of each metric is read first and only
-    missing (key, step) points are sent, so a second sync adds nothing. A run
-    MLflow never saw is created there. Runs still training are skipped (their
-    live mirror sends them).
+    Safe to repeat: run.json's cursor says exactly what reached MLflow, so
+    only the rest is sent and a second sync adds nothing (--verify reads
+    MLflow's histories instead). A run MLflow never saw is created there.
+    Runs still training are skipped (their live mirror sends them). Exits 1
+    when MLflow refuses or cannot be reached, with its message.
 
     \b
     Examples:
       trackbridge sync reg-1
       trackbridge sync --all --tracking-uri http://127.0.0.1:5000
     """
-    from ..mirror.client import MLFLOW_ERRORS
-    from ..mirror.sync import SyncError, SyncJob
+    from ..mirror.errors import MirrorFailure
+    from ..mirror.sync import SyncError, SyncJob, describe
 
     root = resolve_runs_root(runs_root)
     if not run_ids and not all_runs:
@@ -53,32 +59,25 @@ def command(run_ids: tuple[str, ...], all_runs: bool, runs_root: str | None, tra
     failed = 0
     for run_dir in targets:
         try:
-            job = SyncJob(run_dir, tracking_uri)
-            with click.progressbar(job.steps, label=f"sync {run_dir.run_id}", file=click.get_text_stream("stderr")) as steps:
-                for step in steps:
-                    step()
+            job = SyncJob(run_dir, tracking_uri, verify=verify)
         except SyncError as exc:
             click.echo(f"skipped: {exc}", err=True)
             failed += not all_runs  # with --all, a live run is simply not due yet
             continue
-        except MLFLOW_ERRORS as exc:
+        click.echo(f"run {run_dir.run_id}: syncing to {job.tracking_uri} ({URI_SOURCES[job.result.uri_source]})",
+                   err=True)
+        try:
+            steps = job.plan()
+            with click.progressbar(length=len(steps), label=f"sync {run_dir.run_id}",
+                                   file=click.get_text_stream("stderr")) as bar:
+                job.run(advance=bar.update)
+        except MirrorFailure as failure:
             failed += 1
-            click.echo(f"run {run_dir.run_id}: MLflow error, nothing more sent: {exc}", err=True)
+            said = "refused" if failure.refused else "failed"
+            click.echo(f"run {run_dir.run_id}: MLflow at {job.tracking_uri} {said}: {failure}; "
+                       "what was delivered is recorded, run sync again to send the rest", err=True)
             continue
-        result = job.result
-        if result.changed:
-            parts = [f"+{result.points_added} points"]
-            if result.created:
-                parts.insert(0, "created in MLflow")
-            if result.artifacts_uploaded:
-                parts.append(f"{len(result.artifacts_uploaded)} artifacts")
-            if result.status:
-                parts.append(f"status {result.status}")
-            if result.registered:
-                parts.append(f"registered {result.registered['name']} v{result.registered['version']}")
-            click.echo(f"run {run_dir.run_id}: {', '.join(parts)} -> {result.url}")
-        else:
-            click.echo(f"run {run_dir.run_id}: already in sync -> {result.url}")
+        click.echo(describe([job.result])[0])
     if failed:
         raise SystemExit(1)
 

@@ -23,7 +23,11 @@ from .options import resolve_runs_root, runs_root_option
 @click.option("--resume", "resume_id", metavar="RUN_ID", help="Continue run RUN_ID from its last.ckpt.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for data and weights.")
 @click.option("--tracking-uri", metavar="URI", help="MLflow tracking URI. [default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db]")
-@click.option("--experiment", default="trackbridge", show_default=True, help="MLflow experiment name.")
+@click.option("--experiment", default=None,
+              help="MLflow experiment name. [default: $MLFLOW_EXPERIMENT_NAME or $MLFLOW_EXPERIMENT_ID, else trackbridge]")
+@click.option("--run-name", metavar="NAME", help="MLflow run name. [default: the run id]")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="An MLflow run tag (repeatable).")
+@click.option("--description", metavar="TEXT", help="The MLflow run's description.")
 @click.option("--register-model", metavar="NAME", help="Register the best checkpoint as a version of model NAME.")
 @click.option("--no-mlflow", is_flag=True, help="Keep only the local record; do not mirror to MLflow.")
 @click.option("--test", "run_test", is_flag=True, help="After training, evaluate on the reference test split.")
@@ -36,7 +40,10 @@ def command(
     resume_id: str | None,
     seed: int,
     tracking_uri: str | None,
-    experiment: str,
+    experiment: str | None,
+    run_name: str | None,
+    tags: tuple[str, ...],
+    description: str | None,
     register_model: str | None,
     no_mlflow: bool,
     run_test: bool,
@@ -78,6 +85,9 @@ def command(
             mlflow=not no_mlflow,
             tracking_uri=tracking_uri,
             experiment=experiment,
+            run_name=run_name,
+            tags=_tags(tags),
+            description=description,
             register_model=register_model,
         )
     except (UnknownTaskError, InvalidRunIdError) as exc:
@@ -85,6 +95,16 @@ def command(
     except ValueError as exc:
         raise usage_error(f"{exc} (see trackbridge train --help)") from None
     _train(config, max_epochs or 5, seed, run_test)
+
+
+def _tags(pairs: tuple[str, ...]) -> dict[str, str]:
+    tags = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise usage_error(f"--tag wants KEY=VALUE, got {pair!r}")
+        tags[key.strip()] = value
+    return tags
 
 
 def _resumable(root: str, run_id: str, task: str | None, epochs: int | None) -> tuple[str, int | None]:

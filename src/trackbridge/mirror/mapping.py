@@ -1,22 +1,31 @@
 """The local record → MLflow entities (DESIGN §6), as pure functions with no MLflow import.
 
 Points keep the record's own timestamps, so replaying a record produces the
-very same points: a SQL-backed MLflow store drops an identical point, and
-:mod:`trackbridge.mirror.sync` skips any ``(key, step)`` MLflow already has.
+very same points: MLflow's SQL store keeps one row per (key, timestamp,
+step, value) and drops an identical point sent again (a replay after a
+crash costs a request, never a duplicate).
+
+Each point belongs to a :class:`Stream` (epoch records, steps.jsonl lines,
+system.jsonl samples, metrics.json stages) and has a *mark* in it: the epoch,
+else the entry's position in its file. Marks grow within a stream, which is
+what lets the cursor say "everything up to mark N is in MLflow" with one
+number per stream.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from enum import Enum
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence, TypeVar
 
-from ..mlflow_tags import MAX_TAG_VALUE_LENGTH, RUN_ID_TAG, VERSION_TAG
+from ..mlflow_tags import MAX_TAG_VALUE_LENGTH, NOTE_TAG, RUN_ID_TAG, VERSION_TAG
 from ..record.clock import parse_iso
 from ..record.epoch import TIME_KEY, metric_items
 from ..record.status import RunStatus
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # MLflow's limits per log_batch request (mlflow/utils/validation.py).
 MAX_METRICS_PER_BATCH = 1000
@@ -38,6 +47,42 @@ MLFLOW_STATUS: Mapping[RunStatus, str] = {
 
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 
+# Files of the run directory mirrored as artifacts when a run ends (DESIGN §6).
+FINAL_ARTIFACTS = ("metrics.json", "run.json", "logs/training.log")
+CHECKPOINT_ARTIFACTS = ("checkpoints/best.ckpt", "checkpoints/last.ckpt")
+CONFIG_YAML = "config.yaml"  # the resolved LightningCLI config, when the run has one
+SYSTEM_PREFIX = "system/"  # MLflow's own prefix for system metrics (its System metrics tab)
+
+
+class Stream(str, Enum):
+    """A part of the local record whose entries reach MLflow in order, each with a growing mark.
+
+    The mark is what grows in the file whatever the user logs: the epoch of
+    an epoch record, else the entry's position in its file (steps.jsonl
+    lines may repeat or go back in ``step``: a user's ``log_metrics`` at any
+    step, several lines at one step).
+    """
+
+    EPOCH = "epoch"  # metrics.json epochs; mark = epoch
+    STEP = "step"  # steps.jsonl lines; mark = line index (0-based)
+    SYSTEM = "system"  # system.jsonl samples; mark = line index
+    STAGE = "stage"  # metrics.json stages; mark = index in the list
+    MEDIA = "media"  # media.jsonl lines; mark = line index
+
+    @property
+    def field(self) -> str:
+        """The cursor's watermark of this stream."""
+        return _FIELDS[self]
+
+
+_FIELDS = {
+    Stream.EPOCH: "last_epoch_mirrored",
+    Stream.STEP: "last_step_line_mirrored",
+    Stream.SYSTEM: "last_system_line_mirrored",
+    Stream.STAGE: "last_stage_mirrored",
+    Stream.MEDIA: "last_media_mirrored",
+}
+
 
 class Point(NamedTuple):
     """One metric point: what ``mlflow.entities.Metric`` holds, without importing MLflow."""
@@ -46,6 +91,14 @@ class Point(NamedTuple):
     value: float
     timestamp: int  # ms since the epoch, from the record
     step: int
+
+
+class Tracked(NamedTuple):
+    """A point with its place in the local record."""
+
+    stream: Stream
+    mark: int
+    point: Point
 
 
 def mlflow_status(status: RunStatus | str) -> str:
@@ -80,21 +133,51 @@ def step_points(line: Mapping[str, Any]) -> list[Point]:
     return [
         Point(clean_key(key), float(value), timestamp, step)
         for key, value in line.items()
-        if key not in ("step", TIME_KEY)
-        and value is not None
-        and not isinstance(value, bool)
-        and isinstance(value, (int, float))
+        if key not in ("step", TIME_KEY) and _is_number(value)
     ]
 
 
-def record_points(epochs: Iterable[Mapping[str, Any]], steps: Iterable[Mapping[str, Any]]) -> list[Point]:
-    """All points of a local record (metrics.json epochs, then steps.jsonl lines)."""
-    points: list[Point] = []
-    for record in epochs:
-        points.extend(epoch_points(record))
-    for line in steps:
-        points.extend(step_points(line))
-    return points
+def system_points(line: Mapping[str, Any]) -> list[Point]:
+    """A system.jsonl sample as MLflow's ``system/<name>`` metrics at ``step`` = the sample's step."""
+    step = int(line["step"])
+    timestamp = iso_to_ms(line[TIME_KEY])
+    return [
+        Point(clean_key(SYSTEM_PREFIX + key), float(value), timestamp, step)
+        for key, value in line.items()
+        if key not in ("step", TIME_KEY) and _is_number(value)
+    ]
+
+
+def stage_points(entry: Mapping[str, Any]) -> list[Point]:
+    """A metrics.json stage (post-fit validate/test) under its logged names, at step = the last fit epoch."""
+    step = int(entry.get("epoch") or 0)
+    timestamp = iso_to_ms(entry[TIME_KEY])
+    return [
+        Point(clean_key(key), float(value), timestamp, step)
+        for key, value in (entry.get("metrics") or {}).items()
+        if _is_number(value)
+    ]
+
+
+def tracked_epoch(record: Mapping[str, Any]) -> list[Tracked]:
+    mark = int(record["epoch"])
+    return [Tracked(Stream.EPOCH, mark, p) for p in epoch_points(record)]
+
+
+def tracked_step(index: int, line: Mapping[str, Any]) -> list[Tracked]:
+    return [Tracked(Stream.STEP, index, p) for p in step_points(line)]
+
+
+def tracked_system(index: int, line: Mapping[str, Any]) -> list[Tracked]:
+    return [Tracked(Stream.SYSTEM, index, p) for p in system_points(line)]
+
+
+def tracked_stage(index: int, entry: Mapping[str, Any]) -> list[Tracked]:
+    return [Tracked(Stream.STAGE, index, p) for p in stage_points(entry)]
+
+
+def _is_number(value: Any) -> bool:
+    return value is not None and not isinstance(value, bool) and isinstance(value, (int, float))
 
 
 def clean_key(key: str) -> str:
@@ -123,7 +206,7 @@ def _param_value(key: str, value: Any) -> str:
 
 
 def run_params(run: Mapping[str, Any], model_hparams: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """MLflow params of a run: the config's hyperparameters, the model's, then the tracking config.
+    """MLflow params of a run: the config's and the logged hyperparameters, the model's, then the tracking config.
 
     Hyperparameters keep their own (flattened) names, as Lightning's MLflow
     logger shows them; the tracking config's fields follow under their field
@@ -131,7 +214,10 @@ def run_params(run: Mapping[str, Any], model_hparams: Mapping[str, Any] | None =
     different value goes under a prefix (``model.`` or ``trackbridge.``).
     """
     config = dict(run.get("config") or {})
-    hyper = config.pop("hyperparameters", None) or run.get("hyperparameters") or {}
+    # the config's hyperparameters, then those logged with logger.log_hyperparams (run.json's
+    # "logged_hyperparameters": flat, under their own names, as Lightning's MLFlowLogger logs them)
+    hyper = {**(config.pop("hyperparameters", None) or {}), **(run.get("hyperparameters") or {}),
+             **(run.get("logged_hyperparameters") or {})}
     sources = (("", hyper), ("model.", model_hparams or {}), ("trackbridge.", config))
     params: dict[str, str] = {}
     for prefix, source in sources:
@@ -144,16 +230,36 @@ def run_params(run: Mapping[str, Any], model_hparams: Mapping[str, Any] | None =
     return params
 
 
-def run_tags(run: Mapping[str, Any], version: str) -> dict[str, str]:
-    """Tags that describe and link the run: task, monitor, mode, host, version, local run id."""
-    tags = {
-        RUN_ID_TAG: str(run["run_id"]),
-        VERSION_TAG: str(run.get("trackbridge_version") or version),
-    }
+def flat_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Any nested mapping as MLflow params: flattened with dots, keys cleaned, values truncated."""
+    params: dict[str, str] = {}
+    for key, value in flatten(values, prefix):
+        name = clean_key(key)
+        params.setdefault(name, _param_value(name, value))
+    return params
+
+
+def run_tags(
+    run: Mapping[str, Any], version: str, context: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Tags that describe and link the run.
+
+    MLflow's context tags first (``mlflow.user``, ``mlflow.source.*``, as its
+    context providers found them when the run started), then task, monitor,
+    mode, host, versions and the local run id, then the user's own tags and
+    the description (``mlflow.note.content``) from the config.
+    """
+    config = run.get("config") or {}
+    tags = {str(k): str(v) for k, v in (context or {}).items()}
+    tags[RUN_ID_TAG] = str(run["run_id"])
+    tags[VERSION_TAG] = str(run.get("trackbridge_version") or version)
     for key in ("task", "monitor", "mode", "host"):
         if run.get(key) is not None:
-            tags[key] = str(run[key])[:MAX_TAG_VALUE_LENGTH]
-    return tags
+            tags[key] = str(run[key])
+    tags.update({str(k): str(v) for k, v in (config.get("tags") or {}).items()})
+    if config.get("description"):
+        tags[NOTE_TAG] = str(config["description"])
+    return {key: value[:MAX_TAG_VALUE_LENGTH] for key, value in tags.items()}
 
 
 def point_bytes(point: Point) -> int:
@@ -161,16 +267,16 @@ def point_bytes(point: Point) -> int:
     return len(point.key) + 80
 
 
-def batches(points: Sequence[Point], max_points: int = MAX_METRICS_PER_BATCH) -> Iterator[list[Point]]:
-    """Cut ``points`` into log_batch-sized requests (≤ 1000 points, well under 1 MB), in order."""
-    batch: list[Point] = []
+def batches(items: Sequence[T], max_points: int = MAX_METRICS_PER_BATCH) -> Iterator[list[T]]:
+    """Cut points (or :class:`Tracked` points) into log_batch-sized requests (≤ 1000, well under 1 MB), in order."""
+    batch: list[T] = []
     size = 0
-    for point in points:
-        cost = point_bytes(point)
+    for item in items:
+        cost = point_bytes(item.point if isinstance(item, Tracked) else item)  # type: ignore[arg-type]
         if batch and (len(batch) >= max_points or size + cost > BATCH_BYTES_BUDGET):
             yield batch
             batch, size = [], 0
-        batch.append(point)
+        batch.append(item)
         size += cost
     if batch:
         yield batch

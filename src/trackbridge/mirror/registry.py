@@ -8,25 +8,33 @@ folder (``extra_files/best.ckpt``). ``models:/NAME@latest`` needs no alias of
 ours: MLflow reserves that name and resolves it to the newest version.
 
 MLflow is imported inside the functions: the web layer imports this module to
-catch :class:`RegistrationError` without paying for MLflow at startup.
+catch :class:`RegistrationError` without paying for MLflow at startup. This
+module registers and nothing else: syncing a run first is
+:func:`trackbridge.mirror.sync.register_run`'s job.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import json
 import logging
 import math
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..mlflow_tags import MAX_TAG_VALUE_LENGTH
+from ..record.jsonio import read_json
 from ..record.run_dir import RunDirectory
 from ..record.status import RunStatus
 from ..tasks import is_better
 from .cursor import cursor_of
 
+log = logging.getLogger(__name__)
+
 MODEL_ARTIFACT_PATH = "model"
+INPUT_EXAMPLE = "input_example.npy"  # a few inputs of the first validation batch, written by the training side
 
 # Model version tags (the issue's list): where the version comes from and how good it is.
 TAG_MLFLOW_RUN_ID = "mlflow_run_id"
@@ -35,6 +43,10 @@ TAG_EPOCH = "best_epoch"
 TAG_MONITOR = "monitor"
 TAG_MODE = "mode"
 TAG_SCORE = "score"
+TAG_TASK = "task"
+TAG_CLASS_NAMES = "class_names"
+TAG_TEST_METRIC = "test_metric"
+TAG_TEST_SCORE = "test_score"
 
 
 class RegistrationError(ValueError):
@@ -97,29 +109,29 @@ def pip_requirements(module_class: type) -> list[str]:
     return requirements
 
 
-def register_checkpoint(
-    client: Any,
-    run_dir: RunDirectory,
-    mlflow_run_id: str,
-    name: str,
-    alias: str = "champion",
-    *,
-    module_class: type | None = None,
-) -> dict[str, Any]:
-    """Register ``run_dir``'s best.ckpt as a new version of ``name``, attached to ``mlflow_run_id``.
+def register_checkpoint(writer: Any, name: str, alias: str = "champion", module_class: type | None = None) -> dict[str, Any]:
+    """Register the best.ckpt of ``writer``'s run as a new version of ``name``, attached to its MLflow run.
 
-    The alias moves to the new version only when its score beats the
-    current holder's under the run's mode (or no version holds it yet).
+    ``writer`` is the run's connected :class:`~.writer.RunWriter`: the model
+    folder is uploaded through it. The version is tagged with where it comes
+    from and how good it is (the test score too when a test stage ran), and
+    carries a signature and an input example inferred from
+    ``input_example.npy`` when the run has one. The alias moves to the new
+    version only when its score beats the current holder's under the run's
+    mode (or no version holds it yet).
     """
     import mlflow.pytorch
-    from mlflow.exceptions import MlflowException
 
     _quiet_pickle_warning()
+    run_dir: RunDirectory = writer.run_dir
+    mlflow_run_id = writer.run_id
     run = run_dir.read_run()
     check_registrable(run, run_dir, alias)
     module_class = module_class or recorded_class(run, run_dir)
     module = module_class.load_from_checkpoint(run_dir.best_ckpt, map_location="cpu")
     module.eval()
+    example, signature = model_signature(module, run_dir.path / INPUT_EXAMPLE)
+    class_names = _class_names(module)
 
     with tempfile.TemporaryDirectory(prefix="trackbridge-model-") as tmp:
         path = Path(tmp) / MODEL_ARTIFACT_PATH
@@ -129,14 +141,15 @@ def register_checkpoint(
             serialization_format="pickle",
             pip_requirements=pip_requirements(module_class),
             extra_files=[str(run_dir.best_ckpt)],
+            signature=signature,
+            input_example=example,
+            metadata={"task": run.get("task"), "monitor": run.get("monitor"), "mode": run.get("mode"),
+                      "class_names": class_names, "trackbridge_run_id": run_dir.run_id},
         )
-        client.log_artifacts(mlflow_run_id, str(path), MODEL_ARTIFACT_PATH)
+        writer.upload_dir(path, MODEL_ARTIFACT_PATH)
 
-    try:
-        client.create_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
+    backend = writer.backend
+    backend.create_registered_model(name)
     score = run.get("best_score")
     mode = run.get("mode") or "max"
     tags = {
@@ -146,15 +159,18 @@ def register_checkpoint(
         TAG_MONITOR: str(run.get("monitor")),
         TAG_MODE: mode,
         TAG_SCORE: repr(float(score)) if score is not None else "",
+        TAG_TASK: str(run.get("task")),
+        **stage_score_tags(run_dir, run.get("monitor")),
     }
+    if class_names:
+        tags[TAG_CLASS_NAMES] = json.dumps(class_names)[:MAX_TAG_VALUE_LENGTH]
     source = f"runs:/{mlflow_run_id}/{MODEL_ARTIFACT_PATH}"
-    version = client.create_model_version(name, source, run_id=mlflow_run_id, tags=tags)
+    version = backend.create_model_version(name, source, mlflow_run_id, tags)
 
-    holder_version = client.get_registered_model(name).aliases.get(alias)
-    holder = client.get_model_version(name, holder_version) if holder_version is not None else None
+    holder = backend.get_alias_version(name, alias)
     moved = holder is None or _beats(score, holder.tags.get(TAG_SCORE), mode)
     if moved:
-        client.set_registered_model_alias(name, alias, version.version)
+        backend.set_alias(name, alias, version.version)
     return {
         "name": name,
         "version": int(version.version),
@@ -167,7 +183,65 @@ def register_checkpoint(
         "score": score,
         "monitor": run.get("monitor"),
         "mode": mode,
+        "signature": signature is not None,
     }
+
+
+def model_signature(module: Any, example_path: Path) -> tuple[Any, Any]:
+    """``(input example, signature)`` from the run's ``input_example.npy`` and the module's output on it.
+
+    ``(None, None)`` without an example; the signature of the inputs alone
+    when the output is not an array or a mapping of arrays.
+    """
+    if not example_path.is_file():
+        return None, None
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    example = np.load(example_path, allow_pickle=False)
+    try:
+        with torch.no_grad():
+            output = module(torch.from_numpy(example))
+    except Exception as exc:  # a module whose forward wants more than the batch's first element
+        log.warning("signature of %s: forward on input_example.npy failed (%s); inputs only",
+                    type(module).__name__, exc)
+        return example, infer_signature(example)
+    return example, infer_signature(example, _as_numpy(output))
+
+
+def _as_numpy(output: Any) -> Any:
+    if hasattr(output, "detach"):
+        return output.detach().cpu().numpy()
+    if isinstance(output, dict) and all(hasattr(v, "detach") for v in output.values()):
+        return {str(k): v.detach().cpu().numpy() for k, v in output.items()}
+    return None
+
+
+def _class_names(module: Any) -> list[str] | None:
+    names = getattr(module, "class_names", None)
+    if names is None:
+        return None
+    try:
+        return [str(n) for n in names]
+    except TypeError:
+        return None
+
+
+def stage_score_tags(run_dir: RunDirectory, monitor: str | None) -> dict[str, str]:
+    """The last test stage's score: the test counterpart of the monitor (``val_x`` → ``test_x``), else its first metric."""
+    try:
+        stages = read_json(run_dir.metrics_json).get("stages") or []
+    except (FileNotFoundError, ValueError):
+        return {}
+    tests = [s for s in stages if isinstance(s, dict) and s.get("stage") == "test" and s.get("metrics")]
+    if not tests:
+        return {}
+    metrics = tests[-1]["metrics"]
+    wanted = "test_" + monitor[len("val_"):] if monitor and monitor.startswith("val_") else None
+    name = wanted if wanted in metrics else next(iter(metrics))
+    value = metrics[name]
+    return {TAG_TEST_METRIC: name, TAG_TEST_SCORE: "" if value is None else repr(float(value))}
 
 
 def registration_summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -199,31 +273,3 @@ def _beats(score: float | None, holder_score: str | None, mode: str) -> bool:
     except ValueError:
         incumbent = None
     return is_better(score, incumbent, mode)
-
-
-def register_run(
-    run_dir: RunDirectory,
-    name: str,
-    alias: str = "champion",
-    tracking_uri: str | None = None,
-    *,
-    module_class: type | None = None,
-) -> dict[str, Any]:
-    """Register a finished run's best.ckpt as a new version of model ``name``.
-
-    Returns ``{"name", "version", "alias", "alias_moved", "model_uri", ...}``.
-    Raises :class:`RegistrationError` when the run is not completed, has no
-    best.ckpt, or its LightningModule class is unknown. The run is first
-    synced (created in MLflow if it never was), so the version links to an
-    MLflow run that holds the same record.
-    """
-    from .sync import SyncJob
-
-    run = run_dir.read_run()
-    check_registrable(run, run_dir, alias)
-    module_class = module_class or recorded_class(run, run_dir)
-    job = SyncJob(run_dir, tracking_uri)
-    job.run()
-    result = register_checkpoint(job.client, run_dir, job.mlflow_run_id, name, alias, module_class=module_class)
-    job.cursor.update(registered=registration_summary(result))
-    return result

@@ -1,252 +1,205 @@
-"""MirrorWorker: the one background thread that owns every MLflow call of a run.
+"""MirrorWorker: the background thread that mirrors one live run into MLflow, never blocking its caller.
 
-The training thread only puts small items on a queue (:meth:`MirrorWorker.log_epoch`,
-:meth:`~MirrorWorker.log_step`, :meth:`~MirrorWorker.upload`, ...); it never
-waits on the network. The worker:
+Public methods (any thread; each only puts a small item on a queue)::
 
-- connects lazily (experiment, run, tags, params) and reconnects after outages;
-- batches points into ``log_batch`` requests within MLflow's limits, after a
-  short linger so that one request carries many points;
-- uploads artifacts one at a time during training, latest wins: a path
-  waiting for upload is read when its turn comes, so three best.ckpt changes
-  during one upload cost one more upload, of the newest file;
-- sets the MLflow status last, once every point and artifact before it is in;
-- catches MLflow's errors in exactly one place, :meth:`MirrorWorker._attempt`:
-  a refused request (4xx) drops what it carried and says so; anything else is
-  an outage, announced once, retried with exponential backoff;
-- keeps the cursor in run.json (:mod:`trackbridge.mirror.cursor`) up to date,
-  so ``trackbridge sync`` knows what is left;
-- at the end (:meth:`end_run`, :meth:`close`) sends the last points and every
-  upload at once, then the status, within a deadline; the rest is left to sync.
+    start()                          start the thread (the MLflow run is found or created lazily, off-thread)
+    log_epoch(record)                an epoch record of metrics.json      → metrics at step = epoch
+    log_step(line)                   a steps.jsonl line                   → metrics at step = global step
+    log_system(line)                 a system.jsonl sample                → system/<name> at step = sample step
+    log_stage(entry)                 a metrics.json stage (validate/test) → metrics at step = its last fit epoch
+    log_media(entry)                 a media.jsonl entry (after it is written) → MLflow's images/ layout
+    log_params(params)               any mapping, any time (log_hyperparams) → flattened params, new keys only
+    log_inputs(datasets)             :mod:`.datasets` descriptors         → mlflow.log_inputs
+    upload(relpath)                  a file of the run directory, latest wins (checkpoints, config.yaml)
+    register(name, alias, cls)       register best.ckpt once the status is set
+    end_run(status, end_ms, uploads, register, timeout, error)   the end, queued at once, then finish()
+    finish(timeout)                  deliver what is queued within ``timeout`` s, then stop
+    close(timeout) -> bool           wait for that; True only if everything reached MLflow
+
+    mlflow_run_id, experiment_id, url, tracking_uri    None until connected
+    wait_for_run_id(timeout) -> str | None              the one bounded wait, for a logger's run_id/experiment
+    state (WorkerState), stats (MirrorStats), delivered, crashed
+
+Entries must be written to the local record before they are handed over,
+in the order they were written: the record is the source of truth, and the
+worker reads it to replay what MLflow lacks. What the record holds when
+:meth:`start` is called is history; on (first) connection the worker sends
+the part of it past the cursor's watermarks (a resumed run's history,
+anything a crash left), then what was handed over; nothing is taken twice.
+
+How the thread works:
+
+- work waits in one :class:`~.pending.Pending`, whose readiness rule says
+  when to talk to MLflow (points after a short linger, so that one
+  ``log_batch`` carries many; anything else at once);
+- every MLflow call goes through the :class:`~.writer.RunWriter` and its
+  failure comes back as one :class:`~.errors.MirrorFailure`, caught in one
+  place (:meth:`MirrorWorker._attempt`): a refusal (4xx) drops what the
+  request carried from the live queue, keeps it counted in run.json with
+  MLflow's message (the cursor's watermark stays below it, so ``sync``
+  sends it again) and says so once on the console; anything else is an
+  outage: announced once per cause (HTTP status and MLflow error code, or
+  the host), retried with backoff that honours ``Retry-After``;
+- the cursor in run.json moves only past what MLflow accepted;
+- at the end, the last points, images and uploads go out at once, then the
+  status, within the deadline; what does not make it is left to sync.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import shutil
-import sys
 import threading
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Mapping
-
-from mlflow.entities import Metric, Param, RunTag
+from enum import Enum
+from typing import Any, Callable, Mapping, Sequence
 
 from ..record.clock import utc_now
-from ..record.run_dir import RunDirectory
-from .client import MLFLOW_ERRORS, create_run, ensure_experiment, find_run, is_rejection, make_client
 from .cursor import Cursor, CursorBuffer
-from ..mlflow_tags import ERROR_TAG, MAX_TAG_VALUE_LENGTH
-from .mapping import Point, batches, epoch_points, iso_to_ms, param_batches, step_points
-from .registry import RegistrationError
-from .uri import mlflow_ui_url
+from .delivery import Delivery, Registrar, RunWriterLike, Stats
+from .errors import MirrorFailure
+from .intake import Intake, ParamBook
+from .mapping import Stream
+from .outage import Backoff, OutageLog, announce_to_console
+from .pending import Close, Inputs, Media, Operation, Params, Pending, Record, Register, Status, Upload
+from .writer import RunLink
 
 log = logging.getLogger("trackbridge.mirror")
 
-UPLOAD_DIR = ".mlflow-upload"  # hard-link snapshots of files being uploaded
-UPLOAD_THREADS = 6  # concurrent requests in the final flush
+MirrorStats = Stats  # the name callers and tests know
 
 
-# -- queue items -------------------------------------------------------------
-@dataclass(frozen=True)
-class _Epoch:
-    record: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class _Step:
-    line: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class _Upload:
-    relpath: str
-
-
-@dataclass(frozen=True)
-class _Status:
-    status: str  # MLflow's: RUNNING, FINISHED, FAILED, KILLED
-    end_ms: int | None
-    error: str | None = None  # run.json's error of a failed run, set as a tag
-
-
-@dataclass(frozen=True)
-class _Register:
-    name: str
-    alias: str
-    module_class: type | None
-
-
-@dataclass(frozen=True)
-class _Reconcile:
-    epoch: int  # the resumed checkpoint's finished epochs
-    step: int  # and its global step
-
-
-@dataclass(frozen=True)
-class _Close:
-    deadline: float
-
-
-@dataclass(frozen=True)
-class _Pending:
-    point: Point
-    kind: str  # "epoch" or "step"
-    mark: int  # the epoch or global step the point belongs to
-
-
-@dataclass
-class MirrorStats:
-    """What the worker did; the callback reports it and tests read it."""
-
-    points_sent: int = 0
-    points_skipped: int = 0  # already in MLflow (a resumed run)
-    points_rejected: int = 0
-    requests: int = 0
-    uploads: int = 0
-    failures: int = 0
-    outages: int = 0
+class WorkerState(Enum):
+    NEW = "new"  # not started
+    CONNECTING = "connecting"  # no MLflow run yet
+    UP = "up"
+    DOWN = "down"  # in an outage, backing off
+    FLUSHING = "flushing"  # delivering the rest before the deadline
+    CLOSED = "closed"
+    ABANDONED = "abandoned"  # the deadline passed inside an MLflow call
+    CRASHED = "crashed"  # a bug in the mirror; the local record is complete
 
 
 class MirrorWorker:
-    """Mirror one local run into MLflow from a daemon thread.
-
-    ``run_fields`` are the parts of run.json that name the run in MLflow
-    (read once by the caller); ``params`` and ``tags`` go to MLflow when the
-    run is created. ``resume`` reuses the MLflow run of the cursor and skips
-    every ``(key, step)`` MLflow already has.
-    """
+    """Mirror one local run into MLflow from a daemon thread; see the module docstring."""
 
     def __init__(
         self,
-        run_dir: RunDirectory,
+        writer: RunWriterLike,
         *,
-        tracking_uri: str,
-        experiment: str,
-        params: Mapping[str, str],
-        tags: Mapping[str, str],
-        start_ms: int | None = None,
-        resume: bool = False,
-        module_class: str | None = None,
         linger_s: float = 1.0,
+        retry_first_s: float = 1.0,
         max_backoff_s: float = 30.0,
         cursor_interval_s: float = 2.0,
         flush_timeout_s: float = 30.0,
         announce: Callable[[str], None] | None = None,
+        registrar: Registrar | None = None,
+        context_tags: Callable[[], Mapping[str, str]] | None = None,
+        mark_running: bool = True,
     ) -> None:
-        self.run_dir = run_dir
-        self.tracking_uri = tracking_uri
-        self.experiment = experiment
-        self.params = dict(params)
-        self.tags = dict(tags)
-        self.start_ms = start_ms
-        self.resume = resume
-        self.module_class = module_class
+        self.writer = writer
+        self.run_dir = writer.run_dir
         self.linger_s = linger_s
-        self.max_backoff_s = max_backoff_s
+        self.default_timeout = flush_timeout_s
         self.cursor_interval_s = cursor_interval_s
         self.announce = announce or announce_to_console
-        self.stats = MirrorStats()
+        self.stats = Stats()
         self.crashed: BaseException | None = None
-        self.mlflow_run_id: str | None = None
-        self.experiment_id: str | None = None
-        self.url: str | None = None
         self.ready = threading.Event()  # set after the first connection attempt, success or not
-
-        self._cursor = Cursor(run_dir)
+        self._context_tags = context_tags
+        self._changes = CursorBuffer(Cursor(self.run_dir))
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._wake = threading.Event()  # set by items that should not wait for the linger
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # taking items off the queue vs. abandoning
         self._abandoned = False
-        self._client: Any = None
-        # pending work
-        self._points: deque[_Pending] = deque()
-        self._points_since: float | None = None
-        self._uploads: dict[str, None] = {}
-        self._status: _Status | None = None
-        self._register: _Register | None = None
-        self._reconcile: _Reconcile | None = None
-        self._needs_reconcile = resume
-        self._present: dict[str, set[int]] | None = None
-        self._params_sent = False
-        self._connect_failed = False
-        # outage bookkeeping
-        self._down_since: float | None = None
+        self._pending = Pending()
+        self._pending.replay = True  # on connection: whatever the record holds past the cursor
+        params = ParamBook(self._pending)
+        self._intake = Intake(self.run_dir, self._pending, self._changes, params)
+        self._delivery = Delivery(writer, self._pending, self._changes, params, self.stats, announce=self.announce,
+                                  registrar=registrar, mark_running=mark_running)
+        self._backoff = Backoff(retry_first_s, max_backoff_s)
+        self._outages = OutageLog(writer.spec.tracking_uri, self.run_dir.run_id, self.announce)
         self._retry_at = 0.0
-        self._backoff = 1.0
-        self._refusals: set[str] = set()
-        self._in_flight: str | None = None  # the upload a refusal is about
-        self._operation = "connect"  # what the MLflow call in progress is doing
-        # closing
-        self.default_timeout = flush_timeout_s
+        self._last_failure: MirrorFailure | None = None
         self._finish_deadline: float | None = None  # set by finish(), on the caller's side
         self._deadline: float | None = None  # the same, once the worker has seen it
-        self._close_failures = 0
-        self._close_tries = 2  # one try only when MLflow was already down as the flush began
-        # cursor watermarks not yet written
-        self._changes = CursorBuffer(self._cursor)
+        self._flush_tries = 0
 
-    # -- the training thread's side (never blocks) -------------------------
+    # -- the caller's side (never blocks) --------------------------------------
     def start(self) -> None:
+        """Start the thread; the record as it stands now is history, replayed from the files.
+
+        Entries handed over from now on are new: steps.jsonl and system.jsonl
+        lines take the next line index, in the order they come. Call it where
+        nothing is being written to the record (the record writer's thread
+        between two waves, or before training).
+        """
         if self._thread is None:
+            self._intake.start()
             self._thread = threading.Thread(target=self._main, name="trackbridge-mlflow", daemon=True)
             self._thread.start()
 
     def log_epoch(self, record: Mapping[str, Any]) -> None:
-        self._queue.put(_Epoch(record))
+        self._queue.put(Record(Stream.EPOCH, record))
 
     def log_step(self, line: Mapping[str, Any]) -> None:
-        self._queue.put(_Step(line))
+        self._queue.put(Record(Stream.STEP, line))
+
+    def log_system(self, line: Mapping[str, Any]) -> None:
+        self._queue.put(Record(Stream.SYSTEM, line))
+
+    def log_stage(self, entry: Mapping[str, Any]) -> None:
+        self._queue.put(Record(Stream.STAGE, entry))
+        self._wake.set()
+
+    def log_media(self, entry: Mapping[str, Any]) -> None:
+        self._put(Media(entry))
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._put(Params(dict(params)))
+
+    def log_inputs(self, datasets: Sequence[Mapping[str, Any]]) -> None:
+        self._put(Inputs(tuple(datasets)))
 
     def upload(self, relpath: str) -> None:
         """Upload ``run_dir/relpath`` to the same relative path in the MLflow run (latest wins)."""
-        self._put(_Upload(relpath))
+        self._put(Upload(relpath))
 
-    def set_status(self, status: str, end_ms: int | None = None) -> None:
-        self._put(_Status(status, end_ms))
+    def set_status(self, status: str, end_ms: int | None = None, error: str | None = None) -> None:
+        self._put(Status(status, end_ms, error))
 
     def register(self, name: str, alias: str, module_class: type | None = None) -> None:
-        self._put(_Register(name, alias, module_class))
-
-    def reconcile(self, epoch: int, step: int) -> None:
-        """For a resumed run: replay the local record up to the checkpoint, learn what MLflow has."""
-        self._put(_Reconcile(epoch, step))
+        self._put(Register(name, alias, module_class))
 
     def _put(self, item: Any) -> None:
         self._queue.put(item)
         self._wake.set()
 
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def end_run(
-        self, status: str, end_ms: int | None, uploads: list[str], register: tuple[str, str, type | None] | None,
-        timeout: float, error: str | None = None,
+        self, status: str | None, end_ms: int | None, uploads: Sequence[str],
+        register: tuple[str, str, type | None] | None, timeout: float, error: str | None = None,
     ) -> None:
         """Queue the end of the run in one go (uploads, status, registration), then :meth:`finish`.
 
         One wake-up for all of it, so the worker sees the deadline before it
-        starts and overlaps the requests.
+        starts and overlaps the requests. ``status`` None leaves MLflow's
+        status as it is (a stage after fit).
         """
         for relpath in uploads:
-            self._queue.put(_Upload(relpath))
-        self._queue.put(_Status(status, end_ms, error))
+            self._queue.put(Upload(relpath))
+        if status is not None:
+            self._queue.put(Status(status, end_ms, error))
         if register is not None:
-            self._queue.put(_Register(*register))
+            self._queue.put(Register(*register))
         self.finish(timeout)
 
     def finish(self, timeout: float) -> None:
         """Deliver what is queued within ``timeout`` seconds from now, then stop; :meth:`close` waits."""
         if self._finish_deadline is None:
             self._finish_deadline = time.monotonic() + max(0.0, timeout)
-            self._put(_Close(self._finish_deadline))
+            self._put(Close(self._finish_deadline))
 
     def close(self, timeout: float | None = None) -> bool:
         """Wait until the worker is done; True if everything reached MLflow.
@@ -254,7 +207,7 @@ class MirrorWorker:
         Asks :meth:`finish` first (with ``timeout``, else the flush timeout)
         if nobody has. Waits at most ``timeout`` seconds and never past the
         finish deadline: a worker still inside an MLflow call then is
-        abandoned, and what did not make it stays pending in the cursor for
+        abandoned, and what did not make it stays in the cursor for
         ``trackbridge sync``.
         """
         if self._thread is None:
@@ -269,11 +222,64 @@ class MirrorWorker:
                 return False  # still delivering, within its time
             self._abandon()
             return False
-        return self._done()
+        return self.delivered
 
-    # -- the worker thread ---------------------------------------------------
+    # -- what callers may read -------------------------------------------------
+    @property
+    def tracking_uri(self) -> str:
+        return self.writer.spec.tracking_uri
+
+    @property
+    def link(self) -> RunLink | None:
+        return self.writer.link
+
+    @property
+    def mlflow_run_id(self) -> str | None:
+        return self.link.run_id if self.link else None
+
+    @property
+    def experiment_id(self) -> str | None:
+        return self.link.experiment_id if self.link else None
+
+    @property
+    def url(self) -> str | None:
+        return self.link.url if self.link else None
+
+    def wait_for_run_id(self, timeout: float) -> str | None:
+        """The MLflow run id, waiting at most ``timeout`` s for the first connection attempt."""
+        self.ready.wait(timeout)
+        return self.mlflow_run_id
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def state(self) -> WorkerState:
+        if self.crashed is not None:
+            return WorkerState.CRASHED
+        if self._abandoned:
+            return WorkerState.ABANDONED
+        if self._thread is None:
+            return WorkerState.NEW
+        if not self._thread.is_alive():
+            return WorkerState.CLOSED
+        if self._deadline is not None:
+            return WorkerState.FLUSHING
+        if self._outages.down:
+            return WorkerState.DOWN
+        return WorkerState.UP if self.link is not None else WorkerState.CONNECTING
+
+    @property
+    def delivered(self) -> bool:
+        """Everything handed over reached MLflow: connected, nothing pending, nothing refused, no crash."""
+        return (self.crashed is None and not self._abandoned and self.link is not None
+                and self._pending.empty and not self._delivery.refused)
+
+    # -- the worker thread -------------------------------------------------------
     def _main(self) -> None:
         try:
+            self._prepare()
             self._loop()
         except Exception as exc:  # a bug in the mirror: report it, never take training down
             self.crashed = exc
@@ -285,64 +291,68 @@ class MirrorWorker:
         finally:
             self.ready.set()
 
+    def _prepare(self) -> None:
+        """Before the first connection: MLflow's context tags, kept in the cursor for a later sync."""
+        if self._context_tags is None:
+            return
+        tags = dict(self._context_tags())
+        self.writer.spec = self.writer.spec._replace(tags={**tags, **self.writer.spec.tags})
+        self._changes.set(context_tags=tags)
+
     def _loop(self) -> None:
         while True:
             self._take(self._wait_time())
             if self._abandoned:
                 return
             if self._deadline is not None:
-                if self._done() or time.monotonic() >= self._deadline or self._close_failures >= self._close_tries:
+                if self._flush_over():
                     self._finish()
                     return
+                wait = self._retry_at - time.monotonic()
+                if wait > 0:
+                    time.sleep(min(wait, max(0.0, self._deadline - time.monotonic())))
+                    continue
                 self._attempt()
-                if 0 < self._close_failures < self._close_tries:
-                    time.sleep(min(0.5, max(0.0, self._deadline - time.monotonic())))
                 continue
             if self._due():
                 self._attempt()
             self._write_cursor()
+
+    def _flush_over(self) -> bool:
+        assert self._deadline is not None
+        now = time.monotonic()
+        if self._finished() or now >= self._deadline or self._flush_tries <= 0:
+            return True
+        return self._retry_at > self._deadline  # the server asked to wait past the deadline
 
     def _wait_time(self) -> float | None:
         """How long to block on the queue before there is something to do."""
         if self._deadline is not None:
             return 0.0
         now = time.monotonic()
-        if self._down_since is not None or now < self._retry_at:
-            return max(0.0, self._retry_at - now)
-        if self._needs_connect() or self._uploads or self._status or self._register or self._reconcile:
+        if now < self._retry_at:
+            return self._retry_at - now
+        if self.link is None:
             return 0.0
-        if self._points and not self._waiting_for_reconcile():
-            return max(0.0, (self._points_since or now) + self.linger_s - now)
-        if self._changes.dirty:
+        wait = self._pending.wait_s(now, self.linger_s)
+        if wait is None and self._changes.dirty:
             return self.cursor_interval_s
-        return None
+        return wait
 
     def _due(self) -> bool:
         now = time.monotonic()
-        if now < self._retry_at:
-            return False
-        if self._needs_connect() or self._uploads or self._status or self._register or self._reconcile:
-            return True
-        if self._points and not self._waiting_for_reconcile():
-            return len(self._points) >= 1000 or now >= (self._points_since or now) + self.linger_s
-        return False
-
-    def _needs_connect(self) -> bool:
-        return self.mlflow_run_id is None
-
-    def _waiting_for_reconcile(self) -> bool:
-        return self._needs_reconcile and self._reconcile is None
+        return now >= self._retry_at and (self.link is None or self._pending.due(now, self.linger_s))
 
     def _take(self, timeout: float | None) -> None:
-        """Move queued items into the pending state, after waiting up to ``timeout``.
+        """Move queued items into pending work, after waiting up to ``timeout``.
 
         With nothing pending the thread sleeps until any item comes. Otherwise
         it sleeps until the linger or the backoff ends, and only urgent items
-        (close, status, uploads) wake it early: steps arriving at training
+        (close, media, uploads, ...) wake it early: steps arriving at training
         speed then cost the training thread's GIL almost nothing.
         """
         first = []
-        if not self._points and self._down_since is None:  # idle: any item is news
+        if self._pending.empty and not self._outages.down and self.link is not None:
             try:
                 first = [self._queue.get(timeout=timeout)] if timeout != 0.0 else []
             except queue.Empty:
@@ -362,340 +372,110 @@ class MirrorWorker:
                     break
 
     def _absorb(self, item: Any) -> None:
-        if isinstance(item, _Epoch):
-            mark = int(item.record["epoch"])
-            self._add_points(epoch_points(item.record), "epoch", mark)
-        elif isinstance(item, _Step):
-            self._add_points(step_points(item.line), "step", int(item.line["step"]))
-        elif isinstance(item, _Upload):
-            if item.relpath not in self._uploads:
-                self._uploads[item.relpath] = None
-                self._changes.add_pending([item.relpath])
-        elif isinstance(item, _Status):
-            self._status = item
-        elif isinstance(item, _Register):
-            self._register = item
-            self._changes.set(registration_pending={"name": item.name, "alias": item.alias})
-        elif isinstance(item, _Reconcile):
-            self._reconcile = item
-        elif isinstance(item, _Close):
+        if isinstance(item, Close):
             self._deadline = item.deadline
-            self._close_tries = 1 if self._down_since is not None else 2
-            if self._waiting_for_reconcile():  # training ended before it started: nothing to replay
-                self._needs_reconcile = False
-
-    def _add_points(self, points: list[Point], kind: str, mark: int) -> None:
-        if not points:
-            self._changes.mark(kind, mark)
-            return
-        if self._points_since is None:
-            self._points_since = time.monotonic()
-        self._points.extend(_Pending(point, kind, mark) for point in points)
+            self._flush_tries = 1 if self._outages.down else 2
+            if self._last_failure is None or self._last_failure.retry_after_s is None:
+                self._retry_at = 0.0  # the flush tries at once, unless the server asked to wait
+        else:
+            self._intake.absorb(item)
+            self.stats.entries_skipped = self._intake.skipped
 
     # -- talking to MLflow: the one place that catches its errors -------------
     def _attempt(self) -> None:
-        """Do as much pending work as MLflow accepts now.
+        """Do as much pending work as MLflow accepts now (see the module docstring)."""
+        pending, delivery = self._pending, self._delivery
 
-        This is the single place where MLflow errors are caught (see the
-        module docstring): a refusal drops the operation that caused it; any
-        other error starts (or continues) an outage and schedules a retry.
-        """
+        def doing(operation: Operation) -> None:
+            delivery.operation = operation
+
         try:
-            self._operation = "connect"
-            if self._needs_connect():
-                self._connect()
-            self._operation = "params"
-            if not self._params_sent:
-                self._send_params()
-            self._operation = "reconcile"
-            if self._reconcile is not None:
-                self._do_reconcile(self._reconcile)
-            if self._needs_reconcile:
-                return  # points of a resumed run wait until MLflow's history is known
+            doing(Operation.CONNECT)
+            if self.link is None:
+                try:
+                    delivery.connect()
+                finally:
+                    self.ready.set()
+                self._write_cursor(force=True)  # the MLflow link, for whoever reads run.json now
+            doing(Operation.REPLAY)
+            if pending.replay:
+                delivery.replay()
+            doing(Operation.PARAMS)
+            if pending.params:
+                delivery.send_params()
+            doing(Operation.INPUTS)
+            if pending.inputs is not None:
+                delivery.send_inputs()
             if self._deadline is not None:
-                self._final_wave()
-            self._operation = "points"
-            self._send_points()
-            while self._uploads and not self._past_deadline():
+                delivery.final_wave()
+            doing(Operation.POINTS)
+            delivery.send_points()
+            while (pending.media or pending.uploads) and not self._past_deadline():
                 self._take(0.0)  # a close or fresh points may have come in meanwhile
                 if self._deadline is not None:
-                    self._final_wave()
-                    if not self._uploads:
-                        break
-                self._operation = "upload"
-                self._upload_next()
-                self._operation = "points"
-                self._send_points()  # points that came in during a long upload go first
-            if self._status is not None and not self._points and not self._uploads:
-                self._operation = "status"
-                self._send_status(self._status)
-            if self._register is not None and self._status is None and not self._past_deadline():
-                self._operation = "register"
-                self._do_register(self._register)
-        except MLFLOW_ERRORS + (RegistrationError,) as exc:
-            self.stats.failures += 1
-            if isinstance(exc, RegistrationError) or (is_rejection(exc) and self._operation != "connect"):
-                self._refused(self._operation, exc)
-            else:
-                self._outage(self._operation, exc)
+                    delivery.final_wave()
+                if pending.media:
+                    doing(Operation.MEDIA)
+                    delivery.send_media()
+                elif pending.uploads:
+                    doing(Operation.UPLOAD)
+                    delivery.upload_next()
+                doing(Operation.POINTS)
+                delivery.send_points()  # points that came in during a long upload go first
+            if pending.status is not None and not (pending.points or pending.media or pending.uploads):
+                doing(Operation.STATUS)
+                delivery.send_status(pending.status)
+            if pending.register is not None and pending.status is None and not self._past_deadline():
+                doing(Operation.REGISTER)
+                delivery.register(pending.register)
+        except MirrorFailure as failure:
+            self._failed(delivery.operation, failure)
             return
-        self._recovered()
+        except Exception as exc:
+            from .registry import RegistrationError
 
-    def _connect(self) -> None:
-        if self._client is None:
-            self._client = make_client(self.tracking_uri)
-        client = self._client
-        try:
-            experiment_id = ensure_experiment(client, self.experiment, self.tracking_uri)
-            cursor = self._cursor.read()
-            known = cursor["run_id"] if cursor["tracking_uri"] == self.tracking_uri else None
-            run = None
-            if known or self.resume or self._connect_failed:
-                # a lost answer to an earlier create_run may have created it already
-                run = find_run(client, known, experiment_id, self.run_dir.run_id)
-            if run is None:
-                run = create_run(client, experiment_id, self.run_dir.run_id, self.start_ms, self.tags)
-            else:
-                self._params_sent = bool(cursor["params_mirrored"]) and cursor["run_id"] == run.info.run_id
-                client.update_run(run.info.run_id, status="RUNNING")
-                client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in self.tags.items()])
-        except MLFLOW_ERRORS:
-            self._connect_failed = True
-            self.ready.set()
-            raise
-        run_id = run.info.run_id
-        self.experiment_id = experiment_id
-        self.url = mlflow_ui_url(self.tracking_uri, experiment_id, run_id)
-        self.mlflow_run_id = run_id
-        self.ready.set()
-        self._changes.set(
-            tracking_uri=self.tracking_uri,
-            experiment=self.experiment,
-            experiment_id=experiment_id,
-            run_id=run_id,
-            url=self.url,
-            params_mirrored=self._params_sent,
-            status_mirrored="RUNNING",
-            module_class=self.module_class,
-        )
-        self._write_cursor(force=True)  # the MLflow link, for whoever reads run.json now
-
-    def _send_params(self) -> None:
-        for batch in param_batches(self.params):
-            self._client.log_batch(self.mlflow_run_id, params=[Param(k, v) for k, v in batch])
-        self._params_sent = True
-        self._changes.set(params_mirrored=True)
-
-    def _do_reconcile(self, item: _Reconcile) -> None:
-        """Replay a resumed run's record up to its checkpoint; remember every (key, step) MLflow has."""
-        from .sync import local_points, present_steps
-
-        local = [
-            p for p in local_points(self.run_dir, max_epoch=item.epoch, max_step=item.step)
-        ]
-        run = self._client.get_run(self.mlflow_run_id)
-        keys = {p.key for p in local} | set(run.data.metrics)
-        present = present_steps(self._client, self.mlflow_run_id, keys)
-        missing = [p for p in local if p.step not in present.get(p.key, ())]
-        for point in missing:
-            present.setdefault(point.key, set()).add(point.step)
-        self._present = present
-        self._reconcile = None
-        self._needs_reconcile = False
-        # replayed points go first, marked so they do not move the watermarks
-        self._points.extendleft(_Pending(p, "replay", -1) for p in reversed(missing))
-        if self._points and self._points_since is None:
-            self._points_since = time.monotonic()
-        self._changes.mark("epoch", item.epoch)
-        self._changes.mark("step", item.step)
-
-    def _send_points(self) -> None:
-        if self._present is not None:
-            self._skip_present()
-        while self._points:
-            batch = next(batches([p.point for p in self._points]))
-            self._log_points(batch)
-            self._points_sent(len(batch))
-
-    def _log_points(self, batch: list[Point]) -> None:
-        self._client.log_batch(
-            self.mlflow_run_id, metrics=[Metric(p.key, p.value, p.timestamp, p.step) for p in batch]
-        )
-
-    def _points_sent(self, count: int) -> None:
-        self.stats.requests += 1
-        self.stats.points_sent += count
-        self._pop_points(count)
-
-    def _skip_present(self) -> None:
-        kept: deque[_Pending] = deque()
-        skipped: set[tuple[str, int]] = set()
-        for item in self._points:
-            steps = self._present.get(item.point.key)  # type: ignore[union-attr]
-            if item.kind != "replay" and steps is not None and item.point.step in steps:
-                self.stats.points_skipped += 1
-                skipped.add((item.kind, item.mark))
-            else:
-                kept.append(item)
-        self._points = kept
-        still = {(item.kind, item.mark) for item in kept}
-        for kind, mark in skipped:
-            self._changes.mark(kind, mark if (kind, mark) not in still else mark - 1)
-
-    def _pop_points(self, count: int) -> None:
-        for _ in range(count):
-            self._note_mark(self._points.popleft())
-        if not self._points:
-            self._points_since = None
-
-    def _note_mark(self, item: _Pending) -> None:
-        """Advance a watermark unless more points of the same epoch/step are still pending."""
-        if item.kind == "replay":
+            if not isinstance(exc, RegistrationError):
+                raise
+            delivery.refuse(Operation.REGISTER, str(exc))
             return
-        mark = item.mark if not self._has_pending(item.kind, item.mark) else item.mark - 1
-        self._changes.mark(item.kind, mark)
-
-    def _has_pending(self, kind: str, mark: int) -> bool:
-        return bool(self._points) and self._points[0].kind == kind and self._points[0].mark == mark
-
-    def _upload_next(self) -> None:
-        relpath = self._in_flight = next(iter(self._uploads))
-        self._upload_one(relpath)
-        self._uploaded([relpath])
-
-    def _final_wave(self) -> None:
-        """The flush training waits for: the last points and every upload, all at once.
-
-        Their round trips overlap (the status follows, alone) in a small
-        thread pool; should one of the requests fail, what succeeded is kept
-        and the error goes to :meth:`_attempt` like any other.
-        """
-        head = next(batches([p.point for p in self._points]), None)
-        paths = list(self._uploads)
-        if (head is not None) + len(paths) < 2:
-            return  # nothing to overlap: the sequential path does it
-        try:
-            with ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="trackbridge-upload") as pool:
-                points = pool.submit(self._log_points, head) if head is not None else None
-                uploads = {path: pool.submit(self._upload_one, path) for path in paths}
-        except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
-            return
-        if points is not None and points.exception() is None:
-            self._points_sent(len(head))
-        self._uploaded([path for path, f in uploads.items() if f.exception() is None])
-        if points is not None and points.exception() is not None:
-            self._operation = "points"
-            raise points.exception()
-        for path, future in uploads.items():
-            if future.exception() is not None:
-                self._operation, self._in_flight = "upload", path
-                raise future.exception()
-
-    def _upload_one(self, relpath: str) -> None:
-        source = self.run_dir.path / relpath
-        if not source.is_file():
-            return  # gone since it was queued (nothing to mirror)
-        snapshot = _snapshot(self.run_dir.path, relpath)
-        try:
-            self._client.log_artifact(self.mlflow_run_id, str(snapshot), os.path.dirname(relpath) or None)
-        finally:
-            snapshot.unlink(missing_ok=True)
-
-    def _uploaded(self, paths: list[str]) -> None:
-        for path in paths:
-            del self._uploads[path]
-        self.stats.uploads += len(paths)
-        self._changes.remove_pending(paths)
-
-    def _send_status(self, item: _Status) -> None:
-        if item.error:
-            self._client.set_tag(self.mlflow_run_id, ERROR_TAG, item.error[:MAX_TAG_VALUE_LENGTH])
-        self._client.set_terminated(self.mlflow_run_id, status=item.status, end_time=item.end_ms)
-        self._status = None
-        self._changes.set(status_mirrored=item.status)
-
-    def _do_register(self, item: _Register) -> None:
-        from .registry import register_checkpoint, registration_summary
-
-        result = register_checkpoint(
-            self._client, self.run_dir, self.mlflow_run_id, item.name, item.alias,
-            module_class=item.module_class,
-        )
-        self._register = None
-        self._changes.set(registration_pending=None, registered=registration_summary(result))
-        log.info(
-            "registered %s version %s (%s)%s",
-            result["name"], result["version"], result["model_uri"],
-            f"; alias @{item.alias} now points to it" if result["alias_moved"] else "",
-        )
+        self._succeeded()
 
     # -- outcomes -----------------------------------------------------------
-    def _outage(self, operation: str, exc: BaseException) -> None:
-        now = time.monotonic()
+    def _failed(self, operation: Operation, failure: MirrorFailure) -> None:
+        self.stats.failures += 1
+        if failure.refused and operation is not Operation.CONNECT:
+            self._delivery.refuse(operation, str(failure))
+            return
         if self._deadline is not None:
-            self._close_failures += 1
-        if self._down_since is None:
-            self._down_since = now
-            self._backoff = 1.0
+            self._flush_tries -= 1
+        self._last_failure = failure
+        retry_in = self._backoff.delay(failure)
+        self._retry_at = time.monotonic() + retry_in
+        was_down = self._outages.down
+        self._outages.failed(failure, retry_in)
+        if not was_down:
             self.stats.outages += 1
             self._changes.set(outages=self.stats.outages)
-            self.announce(
-                f"MLflow at {self.tracking_uri} is unreachable ({_short(exc)}); training goes on, "
-                f"run {self.run_dir.run_id} is kept locally and retried in the background "
-                f"(`trackbridge sync {self.run_dir.run_id}` replays anything left)"
-            )
-        else:
-            self._backoff = min(self._backoff * 2, self.max_backoff_s)
-        log.debug("MLflow %s failed: %s", operation, exc)
-        self._retry_at = now + self._backoff
+        log.debug("MLflow %s failed: %s", operation.value, failure)
 
-    def _recovered(self) -> None:
-        if self._down_since is not None:
-            down = time.monotonic() - self._down_since
-            self._down_since = None
-            self._backoff = 1.0
-            self.announce(
-                f"MLflow at {self.tracking_uri} is reachable again after {down:.0f} s; "
-                f"run {self.run_dir.run_id} caught up"
-            )
+    def _succeeded(self) -> None:
+        self._last_failure = None
+        self._outages.recovered()
+        self._backoff.reset()
         self._retry_at = 0.0
-
-    def _refused(self, operation: str, exc: BaseException) -> None:
-        """MLflow answered "no": drop what the request carried, say so once per kind."""
-        if operation == "points":
-            batch = next(batches([p.point for p in self._points]))
-            self.stats.points_rejected += len(batch)
-            self._pop_points(len(batch))
-        elif operation == "upload":
-            self._uploads.pop(self._in_flight, None)  # stays pending in the cursor, for sync
-        elif operation == "status":
-            self._status = None
-        elif operation == "register":
-            self._register = None
-        elif operation == "params":
-            self._params_sent = True  # sync retries them; points must not wait on them
-        elif operation == "reconcile":
-            self._reconcile = None
-            self._needs_reconcile = False
-        if operation not in self._refusals:
-            self._refusals.add(operation)
-            self.announce(f"MLflow refused the {operation} of run {self.run_dir.run_id}: {_short(exc)}")
 
     # -- closing -------------------------------------------------------------
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
 
-    def _done(self) -> bool:
-        return not (
-            self._points or self._uploads or self._status or self._register
-            or self._needs_connect() or self._needs_reconcile
-        )
+    def _finished(self) -> bool:
+        return self.link is not None and self._pending.empty
 
     def _finish(self) -> None:
         """End of the flush: write the cursor, and say what was left for sync."""
         self._write_cursor(force=True)
-        shutil.rmtree(self.run_dir.path / UPLOAD_DIR, ignore_errors=True)
-        if not self._done():
+        self.writer.cleanup()
+        if not self._finished():
             self._announce_left()
 
     def _abandon(self) -> None:
@@ -707,32 +487,22 @@ class MirrorWorker:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if isinstance(item, _Upload):
-                    self._uploads.setdefault(item.relpath, None)
-                elif isinstance(item, _Register):
-                    self._register = item
-            self._changes.add_pending(list(self._uploads))
-            if self._register is not None:
-                self._changes.set(
-                    registration_pending={"name": self._register.name, "alias": self._register.alias}
-                )
+                if isinstance(item, Upload):
+                    self._pending.uploads.setdefault(item.relpath, None)
+                elif isinstance(item, Register):
+                    self._pending.register = item
+            self._changes.add_pending(list(self._pending.uploads))
+            if self._pending.register is not None:
+                register = self._pending.register
+                self._changes.set(registration_pending={"name": register.name, "alias": register.alias})
             self._changes.flush()
         self._announce_left()
 
     def _announce_left(self) -> None:
-        parts = []
-        if self._points:
-            parts.append(f"{len(self._points)} metric points")
-        if self._uploads:
-            parts.append(", ".join(self._uploads))
-        if self._status is not None or self._needs_connect():
-            parts.append("the final status")
-        if self._register is not None:
-            parts.append(f"the registration of {self._register.name}")
+        left = self._pending.describe() if self.link is not None else "the run"
         self.announce(
-            f"MLflow mirror of run {self.run_dir.run_id}: {'; '.join(parts) or 'some updates'} "
-            f"did not reach {self.tracking_uri}; run `trackbridge sync {self.run_dir.run_id}` "
-            "when it is reachable"
+            f"MLflow mirror of run {self.run_dir.run_id}: {left or 'some updates'} did not reach "
+            f"{self.tracking_uri}; run `trackbridge sync {self.run_dir.run_id}` when it is reachable"
         )
 
     def _write_cursor(self, force: bool = False) -> None:
@@ -743,55 +513,8 @@ class MirrorWorker:
             self._changes.written_at = time.monotonic()
 
 
-def _snapshot(root: Path, relpath: str) -> Path:
-    """A hard link to ``root/relpath`` that a later atomic rewrite of the file cannot change."""
-    source = root / relpath
-    snapshot = root / UPLOAD_DIR / relpath
-    snapshot.parent.mkdir(parents=True, exist_ok=True)
-    snapshot.unlink(missing_ok=True)
-    try:
-        os.link(source, snapshot)
-    except OSError:  # no hard links here (another filesystem): copy instead
-        shutil.copy2(source, snapshot)
-    return snapshot
-
-
-def _short(exc: BaseException) -> str:
-    """One line about an MLflow error: the cause people recognise, not urllib3's retry story."""
-    text = str(exc).strip()
-    for needle, said in (("Connection refused", "connection refused"), ("timed out", "timed out"),
-                         ("Name or service not known", "unknown host"), ("RemoteDisconnected", "connection dropped"),
-                         ("Connection reset", "connection reset"), ("Connection aborted", "connection aborted")):
-        if needle in text:
-            return said
-    text = text.splitlines()[0] if text else type(exc).__name__
-    return text if len(text) <= 160 else text[:160] + "..."
-
-
-def announce_to_console(message: str) -> None:
-    """Log ``message`` (training.log gets it) and make sure the console shows it too.
-
-    While a run is tracked, the root logger's only handler is training.log's
-    file, so a warning would not reach the terminal on its own.
-    """
-    log.warning("%s", message)
-    if not _console_handled(log):
-        print(f"trackbridge: {message}", file=sys.stderr, flush=True)
-
-
-def _console_handled(logger: logging.Logger) -> bool:
-    current: logging.Logger | None = logger
-    while current is not None:
-        for handler in current.handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                if getattr(handler, "stream", None) in (sys.stderr, sys.stdout):
-                    return True
-        current = current.parent if current.propagate else None
-    return False
-
-
 def end_ms_now() -> int:
     return int(utc_now().timestamp() * 1000)
 
 
-__all__ = ["MirrorStats", "MirrorWorker", "announce_to_console", "iso_to_ms"]
+__all__ = ["MirrorStats", "MirrorWorker", "Operation", "RunWriterLike", "WorkerState", "end_ms_now"]

@@ -306,7 +306,8 @@ def parse_last_event_id(header: str | None, query: str | None) -> int:
 def _register(run_dir: Any, name: str, alias: str) -> dict[str, Any]:
     try:
         from ..mirror.client import MLFLOW_ERRORS
-        from ..mirror.registry import RegistrationError, register_run
+        from ..mirror.registry import RegistrationError
+        from ..mirror.sync import register_run
     except ImportError as exc:  # MLflow is not installed
         raise ApiError(501, f"model registration is not available: {exc}") from None
     try:
