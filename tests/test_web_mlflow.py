@@ -215,3 +215,28 @@ def _stop_with_a_stream_open(root: Path, server: MlflowServer) -> None:
         os.killpg(server.proc.pid, signal.SIGTERM)
         server.proc.wait(timeout=20)
         assert time.monotonic() - started < 10
+
+
+def test_a_server_reading_mlflow_alone_serves_the_same_media_index_and_files(
+    mirrored: Path, mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "no-shared-disk"
+    elsewhere.mkdir()
+    local = [json.loads(line) for line in (mirrored / RUN_ID / "media.jsonl").read_text().splitlines()]
+    assert local, "the regression reference run draws pred_vs_true"
+    server = ServeProcess(elsewhere, "--tracking-uri", mlflow_server.url, log=tmp_path / "serve.log")
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            index = client.get(f"/api/runs/{RUN_ID}/media").json()
+            assert index["source"] == "mlflow"
+            assert sorted((e["key"], e["step"]) for e in index["media"]) == sorted((e["key"], e["step"]) for e in local)
+            first = next(e for e in index["media"] if e["key"] == local[0]["key"] and e["step"] == local[0]["step"])
+            assert first["path"].startswith("media/images/") and first["kind"] == "figure" and first["data"]
+            image = client.get(f"/api/runs/{RUN_ID}/{first['path']}")
+            assert image.status_code == 200 and image.headers["content-type"] == "image/png", image.text
+            assert image.content == (mirrored / RUN_ID / local[0]["path"]).read_bytes()
+            data = client.get(f"/api/runs/{RUN_ID}/{first['data']}")
+            assert data.status_code == 200 and json.loads(data.content) == json.loads((mirrored / RUN_ID / local[0]["data"]).read_text())
+            assert client.get(f"/api/runs/{RUN_ID}/media/checkpoints/best.ckpt").status_code == 404  # images/ only
+    finally:
+        server.stop()

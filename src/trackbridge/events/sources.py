@@ -259,7 +259,7 @@ class MlflowEventSource:
         with self._lock:
             if time.monotonic() - self._fetched_at < self.min_refresh_s:
                 return self._events
-            run = self._fetch(self.client.get_run, self.mlflow_run_id)
+            run = self.fetch(self.client.get_run, self.mlflow_run_id)
             signature = (
                 run.info.status,
                 run.info.end_time,
@@ -267,7 +267,7 @@ class MlflowEventSource:
             )
             if signature != self._signature:
                 histories = {
-                    key: self._fetch(self.client.get_metric_history, self.mlflow_run_id, key)
+                    key: self.fetch(self.client.get_metric_history, self.mlflow_run_id, key)
                     for key in sorted(run.data.metrics)
                     if _is_epoch_metric(key)
                 }
@@ -278,9 +278,13 @@ class MlflowEventSource:
             self._fetched_at = time.monotonic()
             return self._events
 
-    def _fetch(self, call: Any, *args: Any) -> Any:
-        # The one place this source talks to MLflow: any failure there (MlflowException,
-        # connection or database errors) means "not readable now", never a crash of the caller.
+    def fetch(self, call: Any, *args: Any) -> Any:
+        """``call(*args)``, an MLflow read about this run: any failure is :class:`SourceUnavailableError`.
+
+        The one place the source talks to MLflow (the catalog's media reads go
+        through it too): a failure there (MlflowException, connection or
+        database errors) means "not readable now", never a crash of the caller.
+        """
         try:
             return call(*args)
         except Exception as exc:

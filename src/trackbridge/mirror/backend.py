@@ -310,6 +310,14 @@ class RestBackend:
         message = self._call(ListArtifacts, body)
         return [FileInfo.from_proto(f) for f in message.files]
 
+    @_translated
+    def read_artifact(self, run_id: str, artifact_uri: str, path: str) -> bytes:
+        """The bytes of artifact ``path`` of the run (bounded when the server serves artifacts)."""
+        base = self._artifact_base(artifact_uri)
+        if base is None:
+            return _read_from_repository(artifact_uri, path, self.tracking_uri)
+        return self._request(base, posixpath.join("/", path), "GET").content
+
     def _artifact_base(self, artifact_uri: str) -> str | None:
         if artifact_uri.startswith("mlflow-artifacts:"):
             from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
@@ -360,6 +368,19 @@ class RestBackend:
 
 
 @functools.lru_cache(maxsize=2)
+def _read_from_repository(artifact_uri: str, path: str, tracking_uri: str) -> bytes:
+    """One artifact read through MLflow's artifact repository for ``artifact_uri`` (a local folder, s3://, ...)."""
+    import tempfile
+
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    repository = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="trackbridge-artifact-") as tmp:
+        local = repository.download_artifacts(path, tmp)
+        with open(local, "rb") as fh:
+            return fh.read()
+
+
 def _endpoints(registry: bool) -> dict[type, tuple[str, str]]:
     """MLflow's own table: request message class → (path, HTTP method), read from its service protos."""
     from mlflow.utils.rest_utils import _REST_API_PATH_PREFIX, extract_api_info_for_service
@@ -468,6 +489,10 @@ class ClientBackend:
     @_translated
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[Any]:
         return list(self.client.list_artifacts(run_id, path))
+
+    @_translated
+    def read_artifact(self, run_id: str, artifact_uri: str, path: str) -> bytes:
+        return _read_from_repository(artifact_uri, path, self.tracking_uri)
 
     @_translated
     def create_registered_model(self, name: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..events.hub import SourceFactory
@@ -29,10 +30,11 @@ from ..events.sources import (
     find_mlflow_run,
     mlflow_run_status,
 )
+from ..mirror.media import IMAGES_DIR, media_index
 from ..record.liveness import LivenessJudge
 from ..record.run_dir import RunDirectory, RunNotFoundError
 from ..record.status import RunStatus
-from .files import RunFiles, UnsafePathError, split_relative
+from .files import FileInfo, RunFiles, UnsafePathError, split_relative
 from .settings import WebSettings
 
 if TYPE_CHECKING:
@@ -161,8 +163,15 @@ class RunCatalog:
         return {"epochs": source.epoch_records(), "last_event_id": events[-1]["id"] if events else 0}
 
     def media(self, run_id: str) -> dict[str, Any]:
-        """media.jsonl: ``{"media": [entry, ...]}`` in the order written."""
-        self.local_or_404(run_id)
+        """media.jsonl: ``{"media": [entry, ...]}`` in the order written.
+
+        For a run this server cannot read, the same index rebuilt from the
+        MLflow run's ``images/`` artifacts (what their names say; the rest
+        ``null``); each ``path`` then names ``media/<artifact path>``, served
+        by :meth:`media_file` from MLflow.
+        """
+        if self.local(run_id) is None:
+            return self._mlflow_media(run_id)
         entries = [e for e in self.files.read_jsonl(run_id, "media.jsonl") if isinstance(e, dict)]
         return {"run_id": run_id, "media": entries}
 
@@ -173,10 +182,44 @@ class RunCatalog:
         return {"run_id": run_id, "samples": samples}
 
     def media_file(self, run_id: str, path: str) -> tuple[bytes, Any]:
-        """One file of the run's ``media/`` folder (no ``..``, no symlink): its bytes and stat."""
-        self.local_or_404(run_id)
+        """One file of the run's ``media/`` folder (no ``..``, no symlink): its bytes and stat.
+
+        For a run read from MLflow, one file of its ``images/`` artifacts.
+        """
         parts = split_relative(path)
+        if self.local(run_id) is None:
+            return self._mlflow_media_file(run_id, parts)
         return self.files.read_bytes(run_id, "media", *parts)
+
+    # -- media of a run that lives in MLflow only --------------------------------------
+    def _mlflow_media(self, run_id: str) -> dict[str, Any]:
+        source = self._mlflow_source(run_id)
+        paths = source.fetch(self._artifact_paths, source.mlflow_run_id, IMAGES_DIR)
+        entries = media_index(paths)
+        for entry in entries:
+            for field in ("path", "data", "thumbnail"):
+                if entry.get(field):
+                    entry[field] = f"media/{entry[field]}"
+        return {"run_id": run_id, "media": entries, "source": "mlflow"}
+
+    def _mlflow_media_file(self, run_id: str, parts: list[str]) -> tuple[bytes, Any]:
+        if not parts or parts[0] != IMAGES_DIR:
+            raise RunNotFoundError(f"no media file {'/'.join(parts)!r} in MLflow run of {run_id!r}")
+        source = self._mlflow_source(run_id)
+        artifact = "/".join(parts)
+        client = self._mlflow_client()
+        run = source.fetch(client.get_run, source.mlflow_run_id)
+        data = source.fetch(client.read_artifact, source.mlflow_run_id, run.info.artifact_uri, artifact)
+        tag = zlib.crc32(artifact.encode("utf-8"))  # artifacts never change: the path and size make the ETag
+        return data, FileInfo(len(data), 0.0, tag, tag)
+
+    def _artifact_paths(self, mlflow_run_id: str, folder: str) -> list[str]:
+        client = self._mlflow_client()
+        paths, pending = [], [folder]
+        while pending:
+            for item in client.list_artifacts(mlflow_run_id, pending.pop()):
+                (pending if item.is_dir else paths).append(item.path)
+        return paths
 
     def request_stop(self, run_id: str, requested_by: str) -> dict[str, Any]:
         """Ask a live run to stop at its next batch (writes the stop-request file: a POST's one write)."""
