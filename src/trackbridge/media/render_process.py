@@ -28,8 +28,21 @@ from .jobs import Rendered
 
 # Importing torch and matplotlib at a low priority on a busy machine can take a while.
 START_TIMEOUT_S = 120.0
-_BOOT = "import sys, json; sys.path[:] = json.loads(sys.argv[2]); " \
-        "from trackbridge.media.render_worker import run; run(sys.argv[1:2])"
+# Below the training in the scheduler's eyes: on a busy machine the figures wait, not the steps.
+NICENESS = 10
+# What the new interpreter runs. Priority and Ctrl-C first: importing trackbridge.media imports
+# torch, seconds of CPU that must not compete with the training as equals.
+_BOOT = (
+    "import json, os, signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    "try:\n"
+    f"    os.nice({NICENESS})\n"
+    "except OSError:\n"
+    "    pass\n"
+    "sys.path[:] = json.loads(sys.argv[2])\n"
+    "from trackbridge.media.render_worker import run\n"
+    "run(sys.argv[1:2])\n"
+)
 # One thread per library in the render process: its drawing is serial, and the cores are the training's.
 _ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
 

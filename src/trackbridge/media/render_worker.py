@@ -10,7 +10,8 @@ It ends when its run lets go of it (stdin closes) or when its parent is gone (a 
 the training leaves no stray render process: stdin closes with the parent, and the parent
 pid is watched as well). Ctrl-C at the terminal is the parent's to handle: this process
 ignores SIGINT, finishes the job in hand, and exits when the parent closes the pipe. It
-runs at a lower priority than the training, with one thread for torch.
+runs at a lower priority than the training (set by the bootstrap command, before torch is
+imported), with one thread for torch.
 """
 
 from __future__ import annotations
@@ -23,20 +24,14 @@ import time
 import traceback
 from typing import IO, Any
 
-# Below the training in the scheduler's eyes: on a busy machine the figures wait, not the steps.
-NICENESS = 10
 PARENT_CHECK_S = 0.5
 
 
 def main(parent_pid: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # (the bootstrap did so already; main may be called alone)
     frames_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever a library prints goes to stderr, never between two frames
     _watch_parent(parent_pid)
-    try:
-        os.nice(NICENESS)
-    except OSError:
-        pass
     _preload()
     from .frames import StreamClosed, dumps, read_frame, write_frame
 
