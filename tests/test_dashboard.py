@@ -323,11 +323,14 @@ def test_dashboard_follows_a_live_run_and_stops_it_in_chromium(tmp_path: Path, m
         _stop_process(serve)
         serve_log.close()
         train_log.close()
-    # The screenshot the README shows is refreshed by hand from this one (docs/dashboard.png).
+    # The README shows screenshots taken from `trackbridge demo` (docs/dashboard*.png), refreshed by hand.
     assert (ARTIFACTS / "dashboard-run.png").stat().st_size > 10_000
 
 
 def test_dashboard_docs_screenshot_exists() -> None:
-    """The README shows docs/dashboard.png, taken by the browser test above."""
-    shot = REPO / "docs" / "dashboard.png"
-    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    """The README shows the run page, its gallery and the compare view (taken from `trackbridge demo`)."""
+    readme = (REPO / "README.md").read_text()
+    for name in ("dashboard.png", "dashboard-gallery.png", "dashboard-compare.png"):
+        shot = REPO / "docs" / name
+        assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"](docs/{name})" in readme, name

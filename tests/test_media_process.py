@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from functools import partial
 from pathlib import Path
@@ -177,6 +178,19 @@ def test_a_job_that_ends_the_render_process_is_lost_and_the_rest_drawn_on_the_me
     assert "exited while drawing (exit code 3)" in warning
     assert errors.count == 1  # the lost job (it is not drawn again here: it may be what killed the process)
     assert render_workers() == []
+
+
+def test_close_that_cannot_wait_ends_a_stuck_render_process(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    media = RunMedia(tmp_path, failures=TrackingErrors())
+    media.submit(MediaJob("slow", 1, 1, MediaKind.FIGURE, partial(time.sleep, 120)))  # a drawing that hangs
+    wait_until(lambda: render_workers(), 60, "the render process")
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="trackbridge"):
+        assert media.close(2.0) is False  # it did not finish ...
+    assert time.monotonic() - started < 20  # ... and close did not wait for it
+    assert render_workers() == []
+    assert fallback_warnings(caplog) == []  # ended on purpose: not a failure of the process
+    assert not media.writer.drawer.fell_back
 
 
 def test_a_figure_that_raises_in_the_render_process_is_reported_once_and_counted(

@@ -192,8 +192,8 @@ class MediaRecorder(pl.Callback):
 
     @tracking_hook
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self.media.close(self.flush_timeout_s)
+        # After fit, and after a validate/test stage whose hooks logged images: no render process outlives it.
+        self.media.close(self.flush_timeout_s)
 
     # -- helpers -----------------------------------------------------------
     def _records(self, trainer: pl.Trainer) -> bool:

@@ -30,9 +30,10 @@ class Drawer:
         self.in_process = in_process
         self.fell_back = False
         self.process: RenderProcess | None = None
+        self._killed = False  # by kill(): the loss that follows is ours, not the process's failure
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "process": None}
+        return {**self.__dict__, "process": None, "_killed": False}
 
     @property
     def uses_process(self) -> bool:
@@ -76,6 +77,7 @@ class Drawer:
     def kill(self) -> None:
         """End the render process now: a job it holds is abandoned (its waiter learns it is lost)."""
         if self.process is not None:
+            self._killed = True
             self.process.kill()
 
     def _process(self) -> RenderProcess:
@@ -86,6 +88,10 @@ class Drawer:
     def _fall_back(self, exc: Exception) -> None:
         if self.process is not None:
             self.process.kill()
+        if self._killed:  # ended on purpose (a close that could not wait): a new process next time
+            self._killed = False
+            log.debug("trackbridge: the media render process was ended while drawing: %s", exc)
+            return
         if not self.fell_back:
             self.fell_back = True
             announce(
