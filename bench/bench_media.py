@@ -118,7 +118,7 @@ def measure(task: str, variant: str, args: argparse.Namespace, scratch: Path) ->
     return run_child(__file__, child_args, scratch, timeout=args.timeout)
 
 
-def summarize(results: list[dict], epochs: int) -> str:
+def summarize(results: list[dict], epochs: int, variants: tuple[str, ...] = VARIANTS) -> str:
     rows = [
         f"{'task':<27} {'none s/ep':>9} {'media s/ep':>10} {'ratio':>6} {'min-max':>13} {'thread':>6} "
         f"{'+ms/ep':>7} {'hook ms':>7} {'thread cpu ms':>13} {'render cpu ms':>13} {'+cpu ms':>7}"
@@ -128,13 +128,15 @@ def summarize(results: list[dict], epochs: int) -> str:
         for r in results:
             if r["task"] == task:
                 by_round.setdefault(r["round"], {})[r["variant"]] = r
-        medians = {v: [statistics.median(rr[v]["epoch_s"][1:]) for rr in by_round.values()] for v in VARIANTS}
-        ratios = [m / n for m, n in zip(medians["media"], medians["none"])]
-        thread_ratio = statistics.median(t / n for t, n in zip(medians["thread"], medians["none"]))
-        media_runs = [rr["media"] for rr in by_round.values()]
+        medians = {v: [statistics.median(rr[v]["epoch_s"][1:]) for rr in by_round.values()] for v in variants}
+        main = "media" if "media" in variants else "thread"
+        ratios = [m / n for m, n in zip(medians[main], medians["none"])]
+        thread_ratio = (statistics.median(t / n for t, n in zip(medians["thread"], medians["none"]))
+                        if "thread" in variants else float("nan"))
+        media_runs = [rr[main] for rr in by_round.values()]
         per_epoch = lambda name, runs=media_runs: statistics.median(r[name] / epochs for r in runs) * 1000  # noqa: E731
-        none_s, media_s = statistics.median(medians["none"]), statistics.median(medians["media"])
-        extra_cpu = statistics.median((rr["media"]["cpu_s"] - rr["none"]["cpu_s"]) / epochs for rr in by_round.values())
+        none_s, media_s = statistics.median(medians["none"]), statistics.median(medians[main])
+        extra_cpu = statistics.median((rr[main]["cpu_s"] - rr["none"]["cpu_s"]) / epochs for rr in by_round.values())
         fell_back = " (fell back!)" if any(r["fell_back"] for r in media_runs) else ""
         rows.append(
             f"{task:<27} {none_s:>9.3f} {media_s:>10.3f} {statistics.median(ratios):>6.3f} "
@@ -151,6 +153,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="training batches per epoch [task default]")
     parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="of none, media, thread (none is needed)")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--child", nargs=2, metavar=("TASK", "VARIANT"), help=argparse.SUPPRESS)
@@ -163,12 +166,15 @@ def main() -> None:
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         parser.error(f"unknown tasks {unknown}; choose from {', '.join(TASKS)}")
+    variants = tuple(v for v in VARIANTS if v in args.variants.split(","))
+    if "none" not in variants or len(variants) < 2:
+        parser.error(f"--variants needs none and one of media, thread; got {args.variants!r}")
     results = []
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="bench-media-") as scratch:
         for round_no in range(args.rounds):
-            shift = round_no % len(VARIANTS)
-            order = VARIANTS[shift:] + VARIANTS[:shift]
+            shift = round_no % len(variants)
+            order = variants[shift:] + variants[:shift]
             for task in tasks:
                 for variant in order:
                     result = measure(task, variant, args, Path(scratch))
@@ -182,7 +188,7 @@ def main() -> None:
     print(f"{args.rounds} rounds, {args.epochs} epochs each (epoch 1 left out), "
           f"steps per epoch: {args.steps_per_epoch or 'task default'}; "
           f"load average before {load_before}, after {load_average()}")
-    print(summarize(results, args.epochs))
+    print(summarize(results, args.epochs, variants))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@
  */
 import { Chart } from "./chart.js";
 import {
-  TERMINAL, TERMINAL_EVENTS, api, body, el, fmt, hideBanner, isNum, mediaUrl, runPageUrl, runPath, setStatus,
-  showBanner,
+  TERMINAL, TERMINAL_EVENTS, api, body, el, fmt, hideBanner, isNum, mediaUrl, runPageUrl, runPath, runsOf,
+  setStatus, showBanner,
 } from "./common.js";
 import { latestByKey } from "./gallery.js";
 import { openEventStream } from "./stream.js";
@@ -198,8 +198,14 @@ export function compareView() {
   }
 
   runs.forEach(load);
-  // Runs that were not there yet, or whose stream the server refused: read again now and then.
+  // Runs that were not there yet (once the runs list has them: no 404 again and again), or whose
+  // stream the server refused: read again now and then.
   window.setInterval(function () {
-    runs.forEach(function (r) { if (!r.stream && !isTerminal(r)) load(r); });
+    var waiting = runs.filter(function (r) { return !r.stream && !isTerminal(r); });
+    if (!waiting.length) return;
+    api("/runs").then(function (data) {
+      var listed = new Set(runsOf(data).map(function (run) { return run.run_id; }));
+      waiting.forEach(function (r) { if (!r.missing || listed.has(r.id)) load(r); });
+    }).catch(function () { /* the next round will tell */ });
   }, 5000);
 }
