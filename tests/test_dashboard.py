@@ -67,9 +67,9 @@ def _make_run(runs_root: Path, run_id: str = "run-1") -> None:
 @pytest.mark.parametrize(
     ("mount_point", "script_name", "page_paths"),
     [
-        ("serve", "", ("/", "/runs/run-1")),
-        ("mlflow", "", ("/trackbridge/", "/trackbridge/runs/run-1")),
-        ("serve", "/behind/proxy", ("/", "/runs/run-1")),
+        ("serve", "", ("/", "/runs/run-1", "/compare?runs=run-1")),
+        ("mlflow", "", ("/trackbridge/", "/trackbridge/runs/run-1", "/trackbridge/compare?runs=run-1")),
+        ("serve", "/behind/proxy", ("/", "/runs/run-1", "/compare?runs=run-1")),
     ],
     ids=["trackbridge-serve", "mlflow-plugin-prefix", "reverse-proxy-script-name"],
 )
@@ -159,8 +159,22 @@ def test_dashboard_vendors_its_chart_library_with_license() -> None:
     assert "MIT License" in (vendor / "LICENSE").read_text()
     assert (vendor / "uPlot.min.css").stat().st_size > 0
     # Offline: nothing the page loads comes from another host.
-    for asset in (STATIC_DIR / "dashboard.js", STATIC_DIR / "dashboard.css"):
+    own = [*STATIC_DIR.glob("*.js"), *STATIC_DIR.glob("*.css")]
+    assert {p.name for p in own} >= {"dashboard.js", "dashboard.css", "gallery.js", "system.js", "compare.js"}
+    for asset in own:
         assert not re.search(r"https?://", asset.read_text()), asset
+
+
+def test_dashboard_modules_import_only_their_siblings(runs_root: Path) -> None:
+    """The page's ES modules import each other by relative URL; each import is an asset the server serves."""
+    client = create_app(runs_root).test_client()
+    for module in STATIC_DIR.glob("*.js"):
+        text = module.read_text()
+        assert "<script" not in text and "eval(" not in text and "innerHTML" not in text, module.name
+        for target in re.findall(r'^import [^;]*? from "([^"]+)";', text, flags=re.M):
+            assert target.startswith("./") and target.endswith(".js"), (module.name, target)
+            reply = client.get("/assets/" + target[2:])
+            assert reply.status_code == 200 and "javascript" in reply.content_type, (module.name, target)
 
 
 def test_dashboard_blueprint_refuses_relative_api_path() -> None:
@@ -309,11 +323,14 @@ def test_dashboard_follows_a_live_run_and_stops_it_in_chromium(tmp_path: Path, m
         _stop_process(serve)
         serve_log.close()
         train_log.close()
-    # The screenshot the README shows is refreshed by hand from this one (docs/dashboard.png).
+    # The README shows screenshots taken from `trackbridge demo` (docs/dashboard*.png), refreshed by hand.
     assert (ARTIFACTS / "dashboard-run.png").stat().st_size > 10_000
 
 
 def test_dashboard_docs_screenshot_exists() -> None:
-    """The README shows docs/dashboard.png, taken by the browser test above."""
-    shot = REPO / "docs" / "dashboard.png"
-    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    """The README shows the run page, its gallery and the compare view (taken from `trackbridge demo`)."""
+    readme = (REPO / "README.md").read_text()
+    for name in ("dashboard.png", "dashboard-gallery.png", "dashboard-compare.png"):
+        shot = REPO / "docs" / name
+        assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"](docs/{name})" in readme, name

@@ -115,7 +115,7 @@ def test_demo_no_serve_trains_mirrors_and_registers_the_best_classifier(tmp_path
     from mlflow import MlflowClient
 
     result = run_cli(
-        "demo", "--no-serve", "--epochs", "2",
+        "demo", "--no-serve", "--epochs", "2", "--watch-epochs", "0",
         "--task", "classification", "--task", "classification", "--task", "regression",
         cwd=tmp_path, timeout=300,
     )
@@ -145,7 +145,8 @@ def test_demo_serves_dashboard_and_mlflow_on_one_port_and_stops_on_ctrl_c(tmp_pa
     port = free_port()
     token = "demo-token"
     demo = DemoProcess(
-        tmp_path, "--port", str(port), "--epochs", "2", "--task", "regression", env={"TRACKBRIDGE_TOKEN": token}
+        tmp_path, "--port", str(port), "--epochs", "2", "--task", "regression", "--watch-epochs", "0",
+        env={"TRACKBRIDGE_TOKEN": token},
     )
     try:
         urls = demo.urls()
@@ -220,7 +221,7 @@ def test_demo_ctrl_c_while_training_records_the_run_as_stopped(tmp_path: Path) -
 
     (--no-serve keeps this test short; the server's shutdown is the same code as in the test above.)
     """
-    demo = DemoProcess(tmp_path, "--no-serve", "--epochs", "100", "--task", "classification")
+    demo = DemoProcess(tmp_path, "--no-serve", "--epochs", "100", "--task", "classification", "--watch-epochs", "0")
     try:
         demo.wait_for_line(r"\[1/1\] classification", 120)
         deadline = time.monotonic() + 120
@@ -235,5 +236,44 @@ def test_demo_ctrl_c_while_training_records_the_run_as_stopped(tmp_path: Path) -
         assert run["status"] == "stopped" and 1 <= run["epochs_done"] < 100
         assert _alive(children) == []
         assert "interrupted; stopping" in demo.output
+    finally:
+        demo.kill()
+
+
+@pytest.mark.slow
+def test_demo_watch_run_trains_beside_the_others_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """The run to watch (issue 12): still training, gallery filling epoch by epoch, when the quick runs are done.
+
+    Ctrl-C then stops it gracefully (recorded stopped) and leaves no process behind: not the
+    watched run's process, not its render process.
+    """
+    demo = DemoProcess(tmp_path, "--no-serve", "--epochs", "1", "--task", "regression",
+                       "--watch-epochs", "60", "--pace", "0.05")
+    try:
+        line = demo.wait_for_line(r"^\[watch\] classification .* run \S+,", 120)
+        watched = re.search(r" run (\S+),", line).group(1)
+        runs_root = tmp_path / "runs"
+
+        def watched_and_done() -> bool:
+            runs = {r["run_id"]: r for r in _runs(runs_root)}
+            quick = [r for r in runs.values() if r["run_id"] != watched]
+            watch = runs.get(watched, {})
+            media = runs_root / watched / "media.jsonl"
+            figures = media.read_text().count('"confusion_matrix"') if media.exists() else 0
+            return (len(quick) == 1 and quick[0]["status"] == "completed"
+                    and watch.get("status") == "running" and figures >= 2)
+
+        deadline = time.monotonic() + 180
+        while not watched_and_done():
+            assert time.monotonic() < deadline, demo.output[-3000:]
+            time.sleep(0.3)
+        demo.wait_for_line(r"waiting for the watched run", 30)
+        children = _descendants(demo.proc.pid)
+        assert any("demo_watch" in " ".join(p.cmdline()) for p in children)
+        assert demo.ctrl_c() == 130, demo.output[-3000:]
+        run = json.loads((runs_root / watched / "run.json").read_text())
+        assert run["status"] == "stopped" and 2 <= run["epochs_done"] < 60
+        assert _alive(children) == []
+        assert f"watched run {watched} stopped" in demo.output
     finally:
         demo.kill()

@@ -180,6 +180,16 @@ def test_media_figures_agree_with_the_logged_metrics(media_run: MediaRun) -> Non
             assert "8 validation samples" in grid["caption"]
 
 
+def test_media_events_are_the_entries_before_the_terminal_event(media_run: MediaRun) -> None:
+    """Each media.jsonl line is a `media` event (DESIGN §4) whose fields are the entry's, ahead of the run's end."""
+    events = [strict_json(line) for line in (media_run.run_dir / "events.jsonl").read_text().splitlines()]
+    media = [e for e in events if e["type"] == "media"]
+    assert [{k: e[k] for k in ENTRY_FIELDS} for e in media] == media_run.entries
+    assert all(e["run_id"] == media_run.run_dir.name for e in media)
+    terminal = next(i for i, e in enumerate(events) if e["type"] == "training_complete")
+    assert max(events.index(e) for e in media) < terminal
+
+
 # -- log_image / log_figure -----------------------------------------------------------
 
 

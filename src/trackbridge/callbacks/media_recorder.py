@@ -3,9 +3,11 @@
 At the end of every ``every_n_epochs``-th validation epoch of ``fit`` (never in Lightning's
 sanity check) the task's figures are drawn from what ``validation_step`` returned, in
 torchmetrics' input formats (README: "Figures and images"). The training thread keeps
-only small detached state per batch; drawing, encoding and writing happen on the run's one
-media thread (:class:`trackbridge.media.RunMedia`), which also serves ``log_image`` and
-``log_figure`` (the stack's logger delegates to it through the session). Only global rank
+only small detached state per batch; drawing and encoding happen in the run's one render
+process, fed by its one media thread, which writes the results
+(:class:`trackbridge.media.RunMedia`; it also serves ``log_image`` and ``log_figure``, to
+which the stack's logger delegates through the session). Each media.jsonl entry goes to
+``event_hook`` — the stack's: a ``media`` event on the session's event channel. Only global rank
 zero records. A resumed run keeps its media and draws only epochs after the last one that
 has media (history is never rewritten, as for metrics.json).
 """
@@ -21,18 +23,34 @@ from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
 from ..console import announce
-from ..media.figures import TASK_FIGURES, FigureContext, OutputsError, Renderer, TaskFigures, figures_for
+from ..events.types import EventType, make_event
+from ..media.figures import TASK_FIGURES, FigureContext, OutputsError, TaskFigures, figures_for
+from ..media.figures.base import in_inference_mode
+from ..media.jobs import MediaJob
 from ..media.run_media import DEFAULT_MAX_SIDE, RunMedia
-from ..media.writer import EntryHook, MediaJob
+from ..media.writer import EntryHook
 from ..record.media import DEFAULT_MAX_BYTES, MediaKind
 from .guard import tracking_hook
 from .session import RunSession
 
 log = logging.getLogger("trackbridge")
+
+
+class MediaEvents:
+    """An ``event_hook`` that makes each media.jsonl entry a ``media`` event of the session (DESIGN §4).
+
+    The event's fields are the entry's own (its ``time`` too: when the image was written).
+    A class rather than a closure, so the recorder holding it still pickles (``ddp_spawn``).
+    """
+
+    def __init__(self, session: RunSession) -> None:
+        self.session = session
+
+    def __call__(self, entry: dict[str, Any]) -> None:
+        self.session.events.put(make_event(0, EventType.MEDIA, self.session.run_id, **entry))
 
 
 class MediaRecorder(pl.Callback):
@@ -42,7 +60,8 @@ class MediaRecorder(pl.Callback):
     ``max_side`` pixels; the run's media stop, with one warning, at ``max_bytes``.
     ``event_hook`` and ``mirror_hook`` are called (on the media thread) with each
     media.jsonl entry once it is written. ``class_names`` default to the module's
-    ``class_names`` attribute. :attr:`media` is the run's :class:`RunMedia`, whose
+    ``class_names`` attribute. ``render_process=False`` draws on the media thread instead
+    of a render process (slower for the training; for when processes cannot be started). :attr:`media` is the run's :class:`RunMedia`, whose
     ``log_image``/``log_figure`` a logger delegates to: ``session.media`` of the stack's
     ``session`` (one of its own when None), whose ``errors`` count media failures.
     """
@@ -61,6 +80,7 @@ class MediaRecorder(pl.Callback):
         class_names: Sequence[str] | None = None,
         flush_timeout_s: float = 60.0,
         session: RunSession | None = None,
+        render_process: bool = True,
     ) -> None:
         if task not in TASK_FIGURES:
             raise ValueError(f"`task` can be {', '.join(TASK_FIGURES)}, got {task!r}")
@@ -81,6 +101,7 @@ class MediaRecorder(pl.Callback):
             max_bytes=max_bytes,
             event_hook=event_hook,
             mirror_hook=mirror_hook,
+            render_process=render_process,
         )
         self.session.media = self.media
         self.training_thread_s = 0.0  # time this callback spent on the training thread
@@ -99,6 +120,8 @@ class MediaRecorder(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             self._drawn_epochs = self.media.record.last_epoch(TASK_FIGURES[self.task].keys)
+            if self.every_n_epochs > 0 and trainer.max_epochs != 0:
+                self.media.prepare()  # the render process imports its libraries during the first epoch
 
     @tracking_hook
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -143,7 +166,7 @@ class MediaRecorder(pl.Callback):
                 return
             epoch = trainer.current_epoch + 1
             for key, render in renders.items():
-                job = MediaJob(key, epoch, epoch, MediaKind.FIGURE, partial(_in_inference_mode, render))
+                job = MediaJob(key, epoch, epoch, MediaKind.FIGURE, partial(in_inference_mode, render))
                 self.media.submit(job)
 
     @tracking_hook
@@ -156,9 +179,10 @@ class MediaRecorder(pl.Callback):
         record = self.media.record
         writer = self.media.writer
         log.info(
-            "trackbridge: media: %d images written (%.1f MB); %.3f s on the training thread, %.2f s on the "
-            "media thread; %d failures",
-            writer.written, record.bytes_used / 2**20, self.training_thread_s, writer.busy_s, self.media.failures.count,
+            "trackbridge: media: %d images written (%.1f MB); %.3f s on the training thread, %.2f s of CPU on "
+            "the media thread, %.2f s in the render process; %d failures",
+            writer.written, record.bytes_used / 2**20, self.training_thread_s, writer.thread_cpu_s,
+            writer.drawer.process_cpu_s, self.media.failures.count,
         )
 
     @tracking_hook
@@ -168,8 +192,8 @@ class MediaRecorder(pl.Callback):
 
     @tracking_hook
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self.media.close(self.flush_timeout_s)
+        # After fit, and after a validate/test stage whose hooks logged images: no render process outlives it.
+        self.media.close(self.flush_timeout_s)
 
     # -- helpers -----------------------------------------------------------
     def _records(self, trainer: pl.Trainer) -> bool:
@@ -214,9 +238,3 @@ class MediaRecorder(pl.Callback):
         finally:
             self.training_thread_s += time.perf_counter() - start
 
-
-def _in_inference_mode(render: Renderer) -> Any:
-    # The epoch's tensors were made inside Lightning's evaluation loop, so they are inference
-    # tensors; the mode is per thread, and the media thread enters it to work on them.
-    with torch.inference_mode():
-        return render()

@@ -20,7 +20,7 @@ from .composite import TrackbridgeCallback
 from .input_example import InputExampleRecorder
 from .json_metric_logger import JSONMetricLogger
 from .logger import LoggerAttacher, TrackbridgeLogger
-from .media_recorder import MediaRecorder
+from .media_recorder import MediaEvents, MediaRecorder
 from .run_status_updater import RunStatusUpdater
 from .session import RunSession
 from .sse_notifier import SSENotifier
@@ -105,6 +105,7 @@ def build_callbacks(config: TrackingConfig) -> CallbackStack:
             max_side=config.media_max_side,
             max_bytes=config.media_max_bytes,
             session=session,
+            event_hook=MediaEvents(session),  # each media.jsonl entry becomes a `media` event
         ),
         # metrics.json first: the local record is written before any view of it
         JSONMetricLogger(run_dir.metrics_json, session=session),

@@ -1,10 +1,13 @@
-"""``trackbridge demo``: train a few short runs, register the best classifier, serve it all on one port.
+"""``trackbridge demo``: train a few short runs and one to watch, register the best classifier, serve it all on one port.
 
 The server starts first (``mlflow server --app-name trackbridge``: the MLflow
 UI, MLflow's REST API and the trackbridge dashboard + live API on one port),
-so the runs can be watched live while they train. The server runs in its own
-process group: Ctrl-C reaches only this process, which then stops the group
-and waits for it, leaving no stray process behind.
+so the runs can be watched live while they train. The quick runs take seconds;
+a paced classifier (:mod:`.demo_watch`) trains for a minute or two beside them,
+in a child process, so there is always something moving to look at. The server
+and that child run in process groups of their own: Ctrl-C reaches only this
+process, which then stops them and waits for them, leaving no stray process
+behind.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import click
 
 from ..mirror.uri import UI_URL_ENV, default_tracking_uri
 from ..tasks import TASKS, is_better
+from .demo_watch import WATCH_SEED, WATCH_TASK, WatchRun, demo_config, demo_trainer
 from .errors import usage_error
 from .options import resolve_runs_root, runs_root_option
 
@@ -45,6 +49,9 @@ DEFAULT_PLAN = (
 )
 DASHBOARD_PREFIX = "/trackbridge/"
 GRACEFUL_SHUTDOWN_S = 3
+# The run to watch: about 2 s per epoch (20 batches of the digits classifier at 0.1 s each).
+WATCH_EPOCHS = 40
+WATCH_PACE_S = 0.1
 
 
 class DemoServer:
@@ -75,8 +82,12 @@ class DemoServer:
 
     @property
     def dashboard_url(self) -> str:
+        return self.page_url("")
+
+    def page_url(self, page: str) -> str:
+        """A dashboard page (``""``: the runs list, ``runs/<id>``), with the token when one is set."""
         query = f"?{urllib.parse.urlencode({'token': self.token})}" if self.token else ""
-        return self.base_url + DASHBOARD_PREFIX + query
+        return self.base_url + DASHBOARD_PREFIX + page + query
 
     def command(self) -> list[str]:
         return [
@@ -151,6 +162,11 @@ class DemoServer:
               help="Train only these tasks (repeatable), one run each. "
                    "[default: classification twice (seeds 0, 1), regression, segmentation]")
 @runs_root_option
+@click.option("--watch-epochs", type=click.IntRange(0, 10_000), default=WATCH_EPOCHS, show_default=True,
+              help="Epochs of the run to watch: a classifier trained beside the others, paced by --pace, "
+                   "so the dashboard has a run in progress for a minute or two; 0: none.")
+@click.option("--pace", type=click.FloatRange(0, 10), default=WATCH_PACE_S, show_default=True, metavar="SECONDS",
+              help="Sleep after every training batch of the run to watch.")
 @click.option("--model-name", default="demo-classifier", show_default=True,
               help="Registered model name for the best classification run.")
 @click.option("--no-serve", is_flag=True, help="Train and register, then exit (no server).")
@@ -161,26 +177,33 @@ def command(
     epochs: int,
     tasks: tuple[str, ...],
     runs_root: str | None,
+    watch_epochs: int,
+    pace: float,
     model_name: str,
     no_serve: bool,
     no_train: bool,
 ) -> None:
-    """Train short demo runs, register the best classifier, serve the dashboard and the MLflow UI.
+    """Train short demo runs and one to watch, register the best classifier, serve the dashboard and MLflow UI.
 
     \b
     1. starts `mlflow server --app-name trackbridge` on --port over the
        embedded store (./mlruns/mlflow.db): the MLflow UI at /, the live
        dashboard at /trackbridge/ -- open it to watch the runs train;
-    2. trains a few short runs of the reference models (MLflow mirror on);
-    3. registers the best classification run as --model-name (alias champion);
-    4. keeps serving until Ctrl-C, which stops everything it started.
+    2. trains a few short runs of the reference models (MLflow mirror on),
+       and beside them a classifier to watch (--watch-epochs, --pace: about
+       a minute and a half by default): its charts move and its gallery
+       fills epoch by epoch;
+    3. registers the best classification run as --model-name (alias champion;
+       the watched run too once it completes, if it does better);
+    4. keeps serving until Ctrl-C, which stops everything it started (a run
+       still training is recorded as stopped).
 
     \b
     Examples:
       trackbridge demo
-      trackbridge demo --port 8080 --epochs 2
-      trackbridge demo --no-serve --task classification   # train + register, then exit
-      trackbridge demo --no-train                         # serve earlier runs again
+      trackbridge demo --port 8080 --epochs 2 --watch-epochs 10
+      trackbridge demo --no-serve --task classification --watch-epochs 0   # train + register, then exit
+      trackbridge demo --no-train                                          # serve earlier runs again
     """
     from ..web.settings import TOKEN_ENV  # imports Flask: only when the command runs
 
@@ -204,6 +227,7 @@ def command(
         signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_keyboard_interrupt),
         signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
     }
+    watch = None if no_train or watch_epochs == 0 else WatchRun(root, tracking_uri, watch_epochs, pace, mlruns / "watch.log")
     done = False  # everything asked for is done: Ctrl-C is then the normal end
     try:
         click.echo(f"runs: {root}    MLflow store: {tracking_uri}")
@@ -214,19 +238,32 @@ def command(
             # Links in run.json point at this server's MLflow UI (DESIGN §6).
             os.environ[UI_URL_ENV] = server.base_url
         registered = None
+        if watch is not None:
+            if server is None:
+                _prepare_store(tracking_uri, mlruns)  # the server did it otherwise
+            _start_watch(watch, server)
         if not no_train:
             finished = _train_all(plan, epochs, root, tracking_uri)
             registered = _register_best(finished, root, model_name, tracking_uri)
+        if watch is not None and server is None:
+            click.echo(f"waiting for the watched run {watch.run_id} ...")
+            registered = _finish_watch(watch, root, model_name, tracking_uri) or registered
         done = True
         if server is not None:
             click.echo("")
             _print_urls(server, registered)
             click.echo("serving until Ctrl-C ...")
             while server.alive():
+                if watch is not None and watch.proc is not None and not watch.running:
+                    _finish_watch(watch, root, model_name, tracking_uri)
+                    watch = None
                 time.sleep(0.5)
             raise click.ClickException(f"the server exited unexpectedly; see {server.log_path}")
     except (KeyboardInterrupt, _Interrupted):
         click.echo("\nstopping ..." if done else "\ninterrupted; stopping ...", err=True)
+        if watch is not None and watch.running:
+            watch.stop()
+            click.echo(f"watched run {watch.run_id} stopped", err=True)
         if server is not None:
             server.stop()
             click.echo("server stopped", err=True)
@@ -235,6 +272,8 @@ def command(
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if watch is not None:
+            watch.stop()
         if server is not None:
             server.stop()
 
@@ -254,39 +293,50 @@ def _print_urls(server: DemoServer, model: str | None) -> None:
         click.echo(f"  Model:      {server.base_url}/#/models/{urllib.parse.quote(model, safe='')}")
 
 
+def _prepare_store(tracking_uri: str, mlruns: Path) -> None:
+    """Create the embedded store's tables before two processes mirror into it (creating them at once collides)."""
+    from mlflow.tracking import MlflowClient
+
+    mlruns.mkdir(parents=True, exist_ok=True)
+    MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+
+
+def _start_watch(watch: WatchRun, server: DemoServer | None) -> None:
+    minutes = watch.epochs * (20 * watch.pace_s + 0.3) / 60  # 20 batches per epoch, and the validation
+    click.echo(
+        f"[watch] {WATCH_TASK} (seed {WATCH_SEED}, {watch.epochs} epochs at {watch.pace_s:g} s per batch, "
+        f"about {max(minutes, 0.1):.1f} min): run {watch.run_id}, trained beside the others (log: {watch.log_path})"
+    )
+    if server is not None:
+        click.echo(f"      watch it live: {server.page_url('runs/' + watch.run_id)}")
+    watch.start()
+
+
+def _finish_watch(watch: WatchRun, root: Path, model_name: str, tracking_uri: str) -> str | None:
+    """Once the watched run has ended: say how, and register it if it completed (the alias moves if it is better)."""
+    watch.wait()
+    run = watch.run_json()
+    click.echo(f"[watch] run {watch.run_id} {_summary(run) if run else 'did not start'}; log: {watch.log_path}")
+    if run.get("status") != "completed":
+        return None
+    return _register_best([run], root, model_name, tracking_uri)
+
+
 def _train_all(plan: tuple[DemoRun, ...], epochs: int, root: Path, tracking_uri: str) -> list[dict[str, Any]]:
     """Train every run of ``plan`` in turn; returns the run.json of each finished run."""
     import lightning.pytorch as pl
 
     from ..callbacks.stack import build_callbacks
-    from ..config import TrackingConfig
     from ..reference import build_reference
 
     finished = []
     show_bar = sys.stdout.isatty()
     for index, item in enumerate(plan, start=1):
-        config = TrackingConfig(
-            task=item.task,
-            runs_root=root,
-            early_stopping_patience=0,
-            hyperparameters={"seed": item.seed, "max_epochs": epochs, "demo": True},
-            tracking_uri=tracking_uri,
-        )
-        stack = build_callbacks(config)
+        stack = build_callbacks(demo_config(item.task, item.seed, epochs, root, tracking_uri))
         click.echo(f"[{index}/{len(plan)}] {item.task} (seed {item.seed}): run {stack.run_id}")
         pl.seed_everything(item.seed, verbose=False)
         module, data = build_reference(item.task, seed=item.seed)
-        trainer = pl.Trainer(
-            max_epochs=epochs,
-            callbacks=stack,
-            logger=False,
-            default_root_dir=stack.run_dir.path,
-            enable_model_summary=False,
-            enable_progress_bar=show_bar,
-            log_every_n_steps=5,
-            accelerator="cpu",
-            devices=1,
-        )
+        trainer = demo_trainer(stack, epochs, show_bar=show_bar)
         try:
             trainer.fit(module, datamodule=data)
         except SystemExit:

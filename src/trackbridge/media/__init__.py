@@ -2,14 +2,16 @@
 
 :class:`RunMedia` is the component (record + one writer thread + ``log_image``/``log_figure``);
 :mod:`.figures` holds what each task draws; the callback that feeds it from Lightning is
-:class:`trackbridge.callbacks.media_recorder.MediaRecorder`. Matplotlib and Pillow are
-imported on first use, on the media thread.
+:class:`trackbridge.callbacks.media_recorder.MediaRecorder`. Drawing and encoding
+happen in one render process per run (:mod:`.render_process`), where matplotlib and
+Pillow are imported.
 """
 
 from .figures import TASK_FIGURES, FigureContext, OutputsError, TaskFigures, figures_for
 from .images import EncodedImage
 from .run_media import DEFAULT_MAX_SIDE, RunMedia
-from .writer import MediaJob, MediaWriter, Rendered
+from .jobs import MediaJob, Rendered
+from .writer import MediaWriter
 
 __all__ = [
     "DEFAULT_MAX_SIDE",

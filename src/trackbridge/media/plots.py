@@ -1,7 +1,7 @@
 """The task figures, drawn with matplotlib's object API on an Agg canvas (never pyplot).
 
 Each function takes the numbers a figure shows (NumPy arrays) and returns a Figure; it runs
-on the media thread. Matplotlib is imported inside the functions, on first use.
+in the run's render process (or on the media thread when there is none). Matplotlib is imported inside the functions, on first use.
 """
 
 from __future__ import annotations

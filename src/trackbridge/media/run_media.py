@@ -1,10 +1,10 @@
 """RunMedia: the media of one run — its record, its one writer thread, ``log_image``/``log_figure``.
 
 What the training thread pays: a copy of each image handed to :meth:`RunMedia.log_image`
-(drawing, resizing and encoding happen on the media thread), and the rendering of a
+(resizing and encoding happen in the run's render process), and the rendering of a
 figure handed to :meth:`RunMedia.log_figure`. A user's matplotlib figure is not
 thread-safe and the caller may change or close it right after the call, so it is rendered
-before the call returns; its encoding and writing are off the training thread.
+before the call returns; its writing is off the training thread.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 
 from ..record.media import DEFAULT_MAX_BYTES, MediaKind, MediaLog, validate_key
 from .images import ACCEPTED, EncodedImage, encode_figure, encode_png, snapshot_image, to_pil
-from .writer import EntryHook, ErrorSink, MediaEntry, MediaJob, MediaWriter, Rendered
+from .jobs import MediaJob, Rendered
+from .writer import EntryHook, ErrorSink, MediaEntry, MediaWriter
 
 DEFAULT_MAX_SIDE = 1024
 
@@ -28,6 +29,7 @@ class RunMedia:
     called with each media.jsonl entry after its line is written, on the media thread; they
     may be set after construction. ``failures`` counts and reports, once per kind, what goes
     wrong (a figure that raises, a hook that raises); nothing of it reaches the caller.
+    ``render_process=False`` draws on the media thread instead of the run's render process.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class RunMedia:
         max_bytes: int = DEFAULT_MAX_BYTES,
         event_hook: EntryHook | None = None,
         mirror_hook: EntryHook | None = None,
+        render_process: bool = True,
     ) -> None:
         if max_side < 1:
             raise ValueError(f"`max_side` must be >= 1 pixel, got {max_side}")
@@ -48,7 +51,7 @@ class RunMedia:
         self.epoch = 0  # the epoch in progress (1-based), the default step; 0 before training
         self.failures = failures
         self.record = MediaLog(run_path, max_bytes=max_bytes)
-        self.writer = MediaWriter(self.record, self._notify, failures=self.failures)
+        self.writer = MediaWriter(self.record, self._notify, failures=self.failures, render_process=render_process)
 
     # -- user-facing -------------------------------------------------------
     def log_image(
@@ -90,12 +93,16 @@ class RunMedia:
         except Exception as exc:  # the user's figure: its failure is not the training's
             self.failures.record("log_figure", key, exc)
             return
-        self.submit(MediaJob(key, step, self.epoch, MediaKind.FIGURE, partial(Rendered, encoded)))
+        self.submit(MediaJob(key, step, self.epoch, MediaKind.FIGURE, Rendered(encoded)))
 
     # -- for the recorder --------------------------------------------------
     def submit(self, job: MediaJob) -> bool:
         """Hand a job to the media thread; False if it was dropped (queue full, budget spent)."""
         return self.writer.submit(job)
+
+    def prepare(self) -> None:
+        """Start the render process in the background (its imports take seconds) before the first job."""
+        self.writer.prepare()
 
     def flush(self, timeout: float) -> bool:
         """Wait (up to ``timeout`` s) until everything submitted so far is written."""

@@ -1,10 +1,13 @@
-"""MediaWriter: the one background thread of a run's media (render, encode, write, notify).
+"""MediaWriter: the one background thread of a run's media (hand over, write, notify).
 
 The training thread only enqueues jobs (a key, a step, a function that draws); this thread
-runs them in order, writes each result through the :class:`~trackbridge.record.media.MediaLog`
-and hands the media.jsonl entry to ``on_entry``. A job that raises is reported once per key
-and counted; nothing here ever raises into training. A full queue drops the new job (with
-one warning) rather than blocking the training thread; so does a spent byte budget.
+takes them in order, has each drawn and encoded by the run's render process (a
+:class:`~trackbridge.media.drawer.Drawer`: the thread only pickles the job and unpickles
+the PNG bytes; it draws itself only when the process cannot), writes each result through
+the :class:`~trackbridge.record.media.MediaLog` and hands the media.jsonl entry to
+``on_entry``. A job that raises is reported once per key and counted; nothing here ever
+raises into training. A full queue drops the new job (with one warning) rather than
+blocking the training thread; so does a spent byte budget.
 """
 
 from __future__ import annotations
@@ -13,39 +16,20 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ..console import announce
-from ..record.media import MediaKind, MediaLog
-from .images import EncodedImage
+from ..record.media import MediaLog
+from .drawer import Drawer
+from .jobs import MediaJob, Rendered
 
 log = logging.getLogger("trackbridge")
 
 MediaEntry = dict[str, Any]
 EntryHook = Callable[[MediaEntry], None]
 _STOP = object()
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """What a job drew: an encoded image, its caption and the numbers it shows (or None)."""
-
-    image: EncodedImage
-    caption: str | None = None
-    data: Mapping[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class MediaJob:
-    """One key at one step; ``render`` runs on the media thread and returns one or more images."""
-
-    key: str
-    step: int
-    epoch: int
-    kind: MediaKind
-    render: Callable[[], Rendered | Sequence[Rendered]]
+_PREPARE = object()
 
 
 class ErrorSink(Protocol):
@@ -62,8 +46,9 @@ class MediaWriter:
     """Runs :class:`MediaJob` objects on one daemon thread, started on the first job.
 
     ``on_entry`` is called on that thread with each entry once its line is in media.jsonl;
-    ``failures`` hears of every job that fails.
-    The thread, its queue and locks are recreated after pickling (``ddp_spawn``).
+    ``failures`` hears of every job that fails. ``render_process=False`` draws on the
+    media thread itself. The thread, its queue, locks and render process are recreated
+    after pickling (``ddp_spawn``).
     """
 
     def __init__(
@@ -73,13 +58,16 @@ class MediaWriter:
         *,
         failures: ErrorSink,
         max_pending: int = 64,
+        render_process: bool = True,
     ) -> None:
         self.record = record
         self.on_entry = on_entry
         self.failures = failures
         self.max_pending = max_pending
+        self.drawer = Drawer(in_process=render_process)
         self.written = 0
-        self.busy_s = 0.0  # time the media thread spent on jobs: drawing, encoding, writing
+        self.busy_s = 0.0  # wall time the media thread spent on jobs (waiting for the render process included)
+        self.thread_cpu_s = 0.0  # CPU time of the media thread itself: what it may take from training (the GIL)
         self._dropped_warned = False
         self._full_warned = False
         self._init_runtime()
@@ -116,6 +104,15 @@ class MediaWriter:
             return False
         return True
 
+    def prepare(self) -> None:
+        """Start the render process in the background now, rather than with the first job."""
+        if self.drawer.uses_process and not self.record.full:
+            self._ensure_started()
+            try:
+                self._queue.put_nowait(_PREPARE)
+            except queue.Full:
+                pass  # jobs are waiting: the first of them starts it
+
     def flush(self, timeout: float) -> bool:
         """Wait until every job queued so far is done; False if ``timeout`` seconds pass first."""
         if self._thread is None or not self._thread.is_alive():
@@ -128,16 +125,20 @@ class MediaWriter:
         return done.wait(timeout)
 
     def close(self, timeout: float) -> bool:
-        """Finish the queued jobs (up to ``timeout`` seconds) and stop the thread."""
+        """Finish the queued jobs (up to ``timeout`` seconds), stop the thread and the render process."""
         finished = self.flush(timeout)
+        if not finished:
+            self.drawer.kill()  # the job in hand is abandoned: the thread stops waiting for it
         thread = self._thread
         if thread is not None and thread.is_alive():
             try:
                 self._queue.put(_STOP, timeout=max(timeout, 0.1))
             except queue.Full:
+                self.drawer.close(0.0)
                 return False
-            thread.join(timeout if finished else 0.1)
+            thread.join(timeout if finished else 1.0)
         self._thread = None
+        self.drawer.close(timeout=5.0)
         return finished
 
     def _ensure_started(self) -> None:
@@ -154,22 +155,26 @@ class MediaWriter:
             if isinstance(item, threading.Event):
                 item.set()
                 continue
-            start = time.perf_counter()
+            if item is _PREPARE:
+                self.drawer.prepare()
+                continue
+            start, cpu = time.perf_counter(), time.thread_time()
             try:
                 self._do(item)
             except Exception as exc:  # the last guard: this thread outlives any job
                 self.failures.record("media", item.key, exc)
             self.busy_s += time.perf_counter() - start
+            self.thread_cpu_s += time.thread_time() - cpu
 
     def _do(self, job: MediaJob) -> None:
         if self.record.full:
             return  # no drawing for media that would not be kept
         try:
-            rendered = job.render()
+            rendered = self.drawer.draw(job)
         except Exception as exc:  # a figure that raises never reaches training
             self.failures.record("media", job.key, exc)
             return
-        for item in [rendered] if isinstance(rendered, Rendered) else rendered:
+        for item in rendered:
             try:
                 entry = self.record.add(
                     job.key,

@@ -200,6 +200,13 @@ class LiveApi:
             raise ApiError(400, str(exc)) from None
         return self._with_cookie(reply, request)
 
+    def compare_page(self, request: ApiRequest) -> Reply:
+        try:
+            reply = self.page.compare_page(request)
+        except InvalidRunIdError as exc:
+            raise ApiError(400, str(exc)) from None
+        return self._with_cookie(reply, request)
+
     def asset(self, request: ApiRequest) -> Reply:
         return self.page.asset(request)
 

@@ -1,8 +1,10 @@
 """The dashboard page: the runs list, the run page and their assets, rendered without a web framework.
 
 The page is a client of the live API (DESIGN §5) and nothing else: it reads
-``/api/runs``, ``/api/runs/<id>``, ``/api/runs/<id>/metrics`` and the SSE
-stream, and POSTs stop. Every URL it uses is relative, so the same page works
+``/api/runs``, ``/api/runs/<id>``, ``/api/runs/<id>/metrics``, ``/media``,
+``/system`` and the SSE stream, and POSTs stop. Three views: the runs list, a
+run (charts, gallery, system panel) and the compare view
+(``compare?runs=a,b``). Every URL it uses is relative, so the same page works
 at ``/`` of ``trackbridge serve``, under ``/trackbridge/`` on the MLflow
 server (where the API stays at ``/api``), and behind a reverse proxy that
 sets ``SCRIPT_NAME``: each request computes the relative path from the page
@@ -30,6 +32,8 @@ from .http import ApiError, ApiRequest, Reply
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 ASSET_MAX_AGE_S = 300
+# Runs one compare view follows (each live one holds a stream of the browser's few per host).
+MAX_COMPARED = 12
 
 # Scripts and styles from this server only: the page runs offline and no
 # injected markup can load or run anything.
@@ -79,14 +83,24 @@ class DashboardPage:
             return Reply(304, b"", headers, content_type="")
         return Reply(200, data, headers, content_type=_content_type(parts[-1]))
 
-    def _page(self, request: ApiRequest, view: str, *, title: str, run_id: str | None = None) -> Reply:
+    def compare_page(self, request: ApiRequest) -> Reply:
+        """The compare view of the runs named by ``?runs=a,b`` (each id validated; none: a hint to pick some)."""
+        names = [name.strip() for name in request.query.get("runs", "").split(",") if name.strip()]
+        run_ids = list(dict.fromkeys(validate_run_id(name) for name in names))
+        if len(run_ids) > MAX_COMPARED:
+            raise ApiError(400, f"at most {MAX_COMPARED} runs can be compared, got {len(run_ids)}")
+        return self._page(request, "compare", title="Compare runs", run_ids=run_ids)
+
+    def _page(
+        self, request: ApiRequest, view: str, *, title: str, run_id: str | None = None, run_ids: list[str] | None = None
+    ) -> Reply:
         script_root = request.root_path.rstrip("/")
         page_dir = posixpath.dirname(script_root + request.path) or "/"
         prefix = script_root + (self.page_prefix.rstrip("/") or "") + "/"
         root = relative(prefix, page_dir)
         api_base = relative(script_root + self.api_path, page_dir)
         html = self._templates.get_template("trackbridge/dashboard.html").render(
-            view=view, title=title, run_id=run_id, root=root, api_base=api_base,
+            view=view, title=title, run_id=run_id, run_ids=run_ids, root=root, api_base=api_base,
             asset=lambda filename: relative(prefix + "assets/" + filename, page_dir),
         )
         return Reply(200, html.encode("utf-8"), dict(_PAGE_HEADERS), content_type="text/html; charset=utf-8")

@@ -73,6 +73,8 @@ ROUTES: tuple[Route, ...] = (
           'the same events; send {"type": "stop"} to stop (needs EDIT)'),
     Route("runs_page", "/", ("GET",), Kind.PAGE, Access.SIGNED_IN, "the dashboard: runs list", group="page"),
     Route("run_page", "/runs/{run_id}", ("GET",), Kind.PAGE, Access.SIGNED_IN, "the dashboard: one run", group="page"),
+    Route("compare_page", "/compare", ("GET",), Kind.PAGE, Access.SIGNED_IN,
+          "the dashboard: runs side by side (?runs=a,b)", group="page"),
     Route("asset", "/assets/{filename:path}", ("GET",), Kind.PAGE, Access.SIGNED_IN, "the page's scripts and styles",
           group="page"),
 )

@@ -3,7 +3,8 @@
 A :class:`TaskFigures` lives one validation epoch. On the training thread, :meth:`update`
 takes each ``validation_step`` output and keeps only cheap, bounded state; :meth:`finish`
 hands that state over as CPU tensors inside one function per figure key. Those functions
-run on the media thread: they compute the numbers (torchmetrics' functional metrics where
+run in the run's render process (they are pickled there: module-level functions bound with
+``functools.partial``): they compute the numbers (torchmetrics' functional metrics where
 they compute what the figure shows) and draw.
 """
 
@@ -16,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..accumulators import Rows
-from ..writer import Rendered
+from ..jobs import Rendered
 
 Renderer = Callable[[], Rendered]
 # Above this many points a curve's data file keeps an even subsample (flagged "thinned").
@@ -116,6 +117,17 @@ class PerSampleFigures(TaskFigures):
     def renderers(self, preds: torch.Tensor, target: torch.Tensor) -> dict[str, Renderer]:
         """The drawing functions for the epoch's samples (CPU tensors)."""
         raise NotImplementedError
+
+
+def in_inference_mode(render: Renderer) -> Any:
+    """``render()`` under torch's inference mode (the epoch's tensors may be inference tensors).
+
+    Lightning's evaluation loop makes inference tensors; the mode is per thread, so a
+    drawing on the media thread enters it to work on them. (In the render process they
+    arrive as ordinary tensors; the mode costs nothing there.)
+    """
+    with torch.inference_mode():
+        return render()
 
 
 def thin(*columns: torch.Tensor, limit: int = MAX_CURVE_POINTS) -> tuple[list[list[float]], bool]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..accumulators import ConfusionCounts
 from ..images import encode_figure
-from ..writer import Rendered
+from ..jobs import Rendered
 from .base import FigureContext, Renderer, TaskFigures
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..accumulators import DetectionList, SampleImages
 from ..images import encode_figure
-from ..writer import Rendered
+from ..jobs import Rendered
 from .base import FigureContext, Renderer, TaskFigures
 from .predictions import render_object_grid
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..accumulators import SampleImages
-from ..writer import Rendered
+from ..jobs import Rendered
 from .base import FigureContext, Renderer, TaskFigures
 from .predictions import render_object_grid
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..images import encode_png, to_pil
-from ..writer import Rendered
+from ..jobs import Rendered
 from .base import FigureContext
 
 if TYPE_CHECKING:

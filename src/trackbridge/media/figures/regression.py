@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..images import encode_figure
-from ..writer import Rendered
+from ..jobs import Rendered
 from .base import FigureContext, PerSampleFigures, Renderer
 
 HISTOGRAM_BINS = 30
