@@ -44,7 +44,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import count_points, load_average, median_range, report, run_child, start_proxy, start_server, stop  # noqa: E402
+from harness import count_points, linear_regressor, load_average, median_range, report, run_child, start_proxy, start_server, stop  # noqa: E402
 
 VARIANTS = ("none", "local", "full", "full_proxy", "mlflow", "mlflow_async", "csv")
 WORKLOADS = {"steps": (800, 2), "epochs": (200, 40), "anchor": (250, 5)}
@@ -112,36 +112,15 @@ def child(variant: str, workload: str, uri: str | None, workdir: Path) -> dict:
 
 
 def _micro(per_epoch: int):
-    import lightning.pytorch as pl
     import torch
     from torch.utils.data import DataLoader, TensorDataset
-
-    class OneLayer(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layer = torch.nn.Linear(4, 1)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            loss = torch.nn.functional.mse_loss(self.layer(x), y)
-            self.log("train_loss", loss, on_step=True, on_epoch=True)
-            return loss
-
-        def validation_step(self, batch, batch_idx):
-            x, y = batch
-            pred = self.layer(x)
-            self.log("val_loss", torch.nn.functional.mse_loss(pred, y))
-            self.log("val_mae", (pred - y).abs().mean())
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.01)
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(per_epoch, 4, generator=generator)
     y = x.sum(1, keepdim=True)
     train = DataLoader(TensorDataset(x, y), batch_size=1)
     val = DataLoader(TensorDataset(x[:2], y[:2]), batch_size=2)
-    return OneLayer(), {"train_dataloaders": train, "val_dataloaders": val}
+    return linear_regressor(4), {"train_dataloaders": train, "val_dataloaders": val}
 
 
 # -- the writer at 10 and 5,000 epochs ------------------------------------------------

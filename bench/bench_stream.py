@@ -58,27 +58,8 @@ def train(
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
+    from harness import linear_regressor
     from trackbridge import TrackingConfig, build_callbacks
-
-    class Tiny(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Linear(8, 1)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            loss = torch.nn.functional.mse_loss(self.net(x), y)
-            self.log("train_loss", loss, on_step=True, on_epoch=True)
-            return loss
-
-        def validation_step(self, batch, batch_idx):
-            x, y = batch
-            pred = self.net(x)
-            self.log("val_loss", torch.nn.functional.mse_loss(pred, y))
-            self.log("val_mae", (pred - y).abs().mean())
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.01)
 
     class Work(pl.Callback):
         def on_train_batch_end(self, *args: Any) -> None:
@@ -101,7 +82,7 @@ def train(
         enable_model_summary=False, log_every_n_steps=5, num_sanity_val_steps=0,
     )
     trainer.fit(
-        Tiny(),
+        linear_regressor(8),
         train_dataloaders=DataLoader(TensorDataset(x, y), batch_size=16),
         val_dataloaders=DataLoader(TensorDataset(x[:32], y[:32]), batch_size=16),
     )

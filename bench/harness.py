@@ -111,3 +111,31 @@ def load_average() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "?"
+
+
+def linear_regressor(features: int):
+    """A LightningModule of one linear layer (train_loss per step and epoch, val_loss, val_mae): the cheapest real model."""
+    import lightning.pytorch as pl
+    import torch
+
+    class LinearRegressor(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(features, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.layer(x), y)
+            self.log("train_loss", loss, on_step=True, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            pred = self.layer(x)
+            self.log("val_loss", torch.nn.functional.mse_loss(pred, y))
+            self.log("val_mae", (pred - y).abs().mean())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    return LinearRegressor()
