@@ -10,9 +10,16 @@ record promises:
    per wave that brought epochs or stages; each record serialized once, so a
    5,000-epoch file costs a join, not a re-encode), run.json (every change of
    the wave in one locked read-modify-write), then events.jsonl (one append);
+   then metrics.json, run.json and events.jsonl are fsync'd — after the
+   renames, so that a disk slow to sync (it flushes the checkpoints' data
+   too) never keeps a finished epoch out of the files a kill leaves;
 2. then the listeners (the MLflow mirror) get what was written — the mirror
    never sees what the local record does not hold;
 3. the heartbeat, and a look for a stop request, at their own intervals.
+
+A wave runs under :func:`~.gil.prompt_gil`: its some 40 system calls would
+otherwise each wait up to 5 ms for the GIL next to a training thread busy in
+Python.
 
 A write that fails (a full disk, a file-size limit, a read-only or failing
 device) never raises into the training: it is said once per outage on the
@@ -36,9 +43,10 @@ from typing import Any, Callable, Mapping
 from ..console import announce
 from ..events.log import EventLog
 from ..record.clock import iso_from_timestamp
-from ..record.jsonio import dumps_strict, read_json, write_bytes_atomic
+from ..record.jsonio import dumps_strict, fsync_file, read_json, write_bytes_atomic
 from ..record.jsonl import JsonlAppender, last_record
 from ..record.run_dir import RunDirectory
+from .gil import prompt_gil
 
 log = logging.getLogger("trackbridge")
 
@@ -177,6 +185,7 @@ class RecordWriter:
         self._pending_steps: list[str] = []
         self._pending_step_lines: list[dict[str, Any]] = []
         self._pending_events: list[dict[str, Any]] = []
+        self._unsynced: list[Path] = []  # written by this wave, fsync'd at its end
         self._pending_run: list[RunChange] = []
         self._pending_appends: list[tuple[str, Any, str | None]] = []
         self._next_beat = 0.0
@@ -265,7 +274,8 @@ class RecordWriter:
             self._wake.clear()
             closing = self._closing
             try:
-                self._wave()
+                with prompt_gil():  # a busy training thread must not stretch the wave (the kill guarantee)
+                    self._wave()
             except Exception as exc:  # a bug in the writer: say so, keep writing what it can
                 self.on_error("RecordWriter", exc)
             if closing:
@@ -314,6 +324,9 @@ class RecordWriter:
         self._write_run(wave.run_changes)
         self._write_events(wave.events)
         appended = self._write_appends(wave.appends)
+        # Visible first (all a SIGKILL needs), durable second: an fsync can wait on the
+        # disk for other files' data (the checkpoints), and must not delay the renames.
+        self._sync_written()
         # the views follow the record: listeners get only what was written
         self._notify("steps", wrote_steps)
         for record in epochs:
@@ -387,7 +400,8 @@ class RecordWriter:
             return [], []
         try:
             self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(self.metrics_path, self._metrics_bytes())
+            write_bytes_atomic(self.metrics_path, self._metrics_bytes(), fsync=False)
+            self._unsynced.append(self.metrics_path)
         except OSError as exc:
             self._metrics_dirty = True
             self.outage.failed("metrics.json", exc)
@@ -421,7 +435,8 @@ class RecordWriter:
                 self._run_safely("a run.json change", change, record)
 
         try:
-            self.run_dir.update_run(apply)
+            self.run_dir.update_run(apply, fsync=False)
+            self._unsynced.append(self.run_dir.run_json)
         except OSError as exc:
             self._pending_run = changes
             self.outage.failed("run.json", exc)
@@ -434,13 +449,23 @@ class RecordWriter:
         if not events:
             return
         try:
-            self.events.put_many(events, fsync=True)
+            self.events.put_many(events, fsync=False)
+            self._unsynced.append(self.events.path)
         except OSError as exc:
             self._pending_events = events[-MAX_PENDING_EVENTS:]
             self.outage.failed("events.jsonl", exc)
             return
         self._pending_events = []
         self.outage.succeeded("events.jsonl")
+
+    def _sync_written(self) -> None:
+        """fsync the files this wave replaced or appended events to (steps and appends are never fsync'd)."""
+        for path in self._unsynced:
+            try:
+                fsync_file(path)
+            except OSError as exc:
+                self.outage.failed(path.name, exc)
+        self._unsynced = []
 
     def _write_appends(self, appends: list[tuple[str, Any, str | None]]) -> list[tuple[str, Any, str | None]]:
         appends = self._pending_appends + appends

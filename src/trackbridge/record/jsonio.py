@@ -120,6 +120,18 @@ def write_jsonl_atomic(path: str | os.PathLike[str], values: Iterable[Any]) -> N
     _replace_atomically(path, (dumps_strict(value) + "\n" for value in values))
 
 
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """Make the current content of ``path`` durable (fsync through a read-only descriptor); a missing file is fine."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` atomically (an image, a numpy file): temp file, fsync, rename."""
     _replace_atomically(path, [data], fsync=fsync, binary=True)

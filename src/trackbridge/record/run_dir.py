@@ -167,12 +167,18 @@ class RunDirectory:
             ) from None
 
     def update_run(
-        self, changes: Mapping[str, Any] | Callable[[dict[str, Any]], None] | None = None, **fields: Any
+        self,
+        changes: Mapping[str, Any] | Callable[[dict[str, Any]], None] | None = None,
+        *,
+        fsync: bool = True,
+        **fields: Any,
     ) -> dict[str, Any]:
         """Read-modify-write run.json under the run's lock; returns the new content.
 
         ``changes`` is a mapping merged at the top level, or a function that
         edits the record in place (for nested fields such as the MLflow cursor).
+        ``fsync=False`` leaves the disk sync to the caller (the record writer
+        syncs after its wave's renames).
         """
         with self.lock():
             record = self.read_run()
@@ -181,7 +187,7 @@ class RunDirectory:
             elif changes:
                 record.update(changes)
             record.update(fields)
-            write_json_atomic(self.run_json, record)
+            write_json_atomic(self.run_json, record, fsync=fsync)
             return record
 
     def set_status(self, status: RunStatus | str, **fields: Any) -> dict[str, Any]:
