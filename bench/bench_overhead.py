@@ -16,6 +16,8 @@ Variants (each with Lightning's two ModelCheckpoints, best and last):
                 Trainer(callbacks=stack, logger=stack.logger)
   full          trackbridge with the MLflow mirror, to a real `mlflow server` on 127.0.0.1
   full_proxy    the same through bench/delay_proxy.py (+20 ms per request: a remote server)
+  full_media    `full` with the task figures on (media_every_n_epochs=1, the default; the other
+                trackbridge variants run with 0: their figures' cost is bench_media.py's subject)
   mlflow        Lightning's MLFlowLogger (synchronous), direct
   mlflow_async  MLFlowLogger(synchronous=False), direct
   csv           Lightning's CSVLogger
@@ -46,7 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import count_points, linear_regressor, load_average, median_range, report, run_child, start_proxy, start_server, stop  # noqa: E402
 
-VARIANTS = ("none", "local", "full", "full_proxy", "mlflow", "mlflow_async", "csv")
+VARIANTS = ("none", "local", "full", "full_proxy", "full_media", "mlflow", "mlflow_async", "csv")
 WORKLOADS = {"steps": (800, 2), "epochs": (200, 40), "anchor": (250, 5)}
 
 
@@ -79,12 +81,13 @@ def child(variant: str, workload: str, uri: str | None, workdir: Path) -> dict:
     callbacks: list = [best_checkpoint(ckpts, monitor, mode), last_checkpoint(ckpts)]
     logger: object = False
     stack = None
-    if variant in ("local", "full", "full_proxy"):
+    if variant in ("local", "full", "full_proxy", "full_media"):
         from trackbridge import TrackingConfig, build_callbacks
 
         stack = build_callbacks(TrackingConfig(
             task=task, runs_root=workdir / "runs", tracking_uri=uri, experiment="bench",
             mlflow=variant != "local", early_stopping_patience=0,
+            media_every_n_epochs=1 if variant == "full_media" else 0,
         ))
         callbacks, logger = list(stack), stack.logger
     elif variant in ("mlflow", "mlflow_async"):
@@ -203,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     server, url = start_server(scratch)
     proxy, proxy_url = start_proxy(url, args.delay_ms)
-    uris = {"full": url, "full_proxy": proxy_url, "mlflow": url, "mlflow_async": url}
+    uris = {"full": url, "full_proxy": proxy_url, "full_media": url, "mlflow": url, "mlflow_async": url}
     client = MlflowClient(url)
     rows: list[dict] = []
     loads = [load_average()]

@@ -66,6 +66,7 @@ class MediaWriter:
         self.max_pending = max_pending
         self.drawer = Drawer(in_process=render_process)
         self.written = 0
+        self.submitted = 0  # jobs queued: with none, close() need not wait for the render process
         self.busy_s = 0.0  # wall time the media thread spent on jobs (waiting for the render process included)
         self.thread_cpu_s = 0.0  # CPU time of the media thread itself: what it may take from training (the GIL)
         self._dropped_warned = False
@@ -76,10 +77,11 @@ class MediaWriter:
         self._queue: queue.Queue[Any] = queue.Queue(self.max_pending)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._closing = False
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for name in ("_queue", "_thread", "_start_lock"):
+        for name in ("_queue", "_thread", "_start_lock", "_closing"):
             state.pop(name)
         return state
 
@@ -94,6 +96,7 @@ class MediaWriter:
         self._ensure_started()
         try:
             self._queue.put_nowait(job)
+            self.submitted += 1
         except queue.Full:
             if not self._dropped_warned:
                 self._dropped_warned = True
@@ -115,8 +118,8 @@ class MediaWriter:
 
     def flush(self, timeout: float) -> bool:
         """Wait until every job queued so far is done; False if ``timeout`` seconds pass first."""
-        if self._thread is None or not self._thread.is_alive():
-            return True
+        if self.submitted == 0 or self._thread is None or not self._thread.is_alive():
+            return True  # no job queued: nothing to wait for (not even the render process's start)
         done = threading.Event()
         try:
             self._queue.put(done, timeout=timeout)
@@ -125,10 +128,19 @@ class MediaWriter:
         return done.wait(timeout)
 
     def close(self, timeout: float) -> bool:
-        """Finish the queued jobs (up to ``timeout`` seconds), stop the thread and the render process."""
-        finished = self.flush(timeout)
-        if not finished:
-            self.drawer.kill()  # the job in hand is abandoned: the thread stops waiting for it
+        """Finish the queued jobs (up to ``timeout`` seconds), stop the thread and the render process.
+
+        With no job ever queued, the render process (prepared, perhaps still importing its
+        libraries) is ended at once: a run without media never waits for it.
+        """
+        if self.submitted == 0:
+            self._closing = True
+            self.drawer.kill()
+            finished = True
+        else:
+            finished = self.flush(timeout)
+            if not finished:
+                self.drawer.kill()  # the job in hand is abandoned: the thread stops waiting for it
         thread = self._thread
         if thread is not None and thread.is_alive():
             try:
@@ -138,6 +150,7 @@ class MediaWriter:
                 return False
             thread.join(timeout if finished else 1.0)
         self._thread = None
+        self._closing = False  # a later stage's media start the thread again
         self.drawer.close(timeout=5.0)
         return finished
 
@@ -156,7 +169,8 @@ class MediaWriter:
                 item.set()
                 continue
             if item is _PREPARE:
-                self.drawer.prepare()
+                if not self._closing:
+                    self.drawer.prepare()
                 continue
             start, cpu = time.perf_counter(), time.thread_time()
             try:
