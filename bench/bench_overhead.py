@@ -22,10 +22,13 @@ Variants (each with Lightning's two ModelCheckpoints, best and last):
   mlflow_async  MLFlowLogger(synchronous=False), direct
   csv           Lightning's CSVLogger
 
-From the medians of the per-round differences to ``none`` on the two micro
-workloads (d_steps = 800 s + 2 e, d_epochs = 200 s + 40 e) the script solves
-for ``s``, the cost per step, and ``e``, the cost per epoch, on the training
-thread (wall time: background threads count as far as they take the GIL).
+From the medians of the per-round differences to ``none`` of the training
+loop's time (``on_train_start`` to ``on_train_end``, timed by the first
+callback) on the two micro workloads (d_steps = 800 s + 2 e, d_epochs = 200 s
++ 40 e) the script solves for ``s``, the cost per step, and ``e``, the cost
+per epoch, on the training thread (wall time: background threads count as far
+as they take the GIL). What happens outside the loop (setup, the end-of-fit
+flush) is its own column: fit minus loop, against ``none``.
 For the trackbridge variants it checks that MLflow holds every point of the
 local record exactly once. Then, in this process, the writer's cost per
 epoch when metrics.json already holds 10 and 5,000 epochs, and the machine's
@@ -98,13 +101,15 @@ def child(variant: str, workload: str, uri: str | None, workdir: Path) -> dict:
         from lightning.pytorch.loggers import CSVLogger
 
         logger = CSVLogger(workdir / "csv")
+    timer = LoopTimer()
     trainer = pl.Trainer(
-        max_epochs=epochs, callbacks=callbacks, logger=logger, log_every_n_steps=1, enable_progress_bar=False,
+        max_epochs=epochs, callbacks=[timer, *callbacks], logger=logger, log_every_n_steps=1, enable_progress_bar=False,
         enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, default_root_dir=workdir,
     )
     start = time.perf_counter()
     trainer.fit(module, **fit_args)
-    result: dict = {"fit_s": time.perf_counter() - start, "mlflow_run_id": None, "expected_points": None}
+    result: dict = {"fit_s": time.perf_counter() - start, "loop_s": timer.loop_s,
+                    "mlflow_run_id": None, "expected_points": None}
     if stack is not None and variant != "local":
         from trackbridge.mirror.backlog import record_points
 
@@ -112,6 +117,22 @@ def child(variant: str, workload: str, uri: str | None, workdir: Path) -> dict:
         result["mlflow_run_id"] = stack.run_dir.read_run()["mlflow"]["run_id"]
         result["expected_points"] = len(record_points(stack.run_dir))
     return result
+
+
+def LoopTimer():
+    """A callback, first in the list: from ``on_train_start`` to ``on_train_end``, before any other's end."""
+    import lightning.pytorch as pl
+
+    class _LoopTimer(pl.Callback):
+        loop_s = 0.0
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self._start = time.perf_counter()
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            self.loop_s = time.perf_counter() - self._start
+
+    return _LoopTimer()
 
 
 def _micro(per_epoch: int):
@@ -217,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
             random.Random(round_index).shuffle(cases)
             for variant, workload in cases:
                 result = run_child(__file__, [variant, "--workload", workload, "--uri", uris.get(variant, "")], scratch)
-                row = {"round": round_index, "variant": variant, "workload": workload, "fit_s": result["fit_s"]}
+                row = {"round": round_index, "variant": variant, "workload": workload, "fit_s": result["fit_s"],
+                       "loop_s": result["loop_s"]}
                 if result["mlflow_run_id"]:
                     row["points"], row["dup"] = count_points(client, result["mlflow_run_id"])
                     row["expected"] = result["expected_points"]
@@ -236,9 +258,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def table(rows, variants, workloads, rounds, delay_ms, long_runs, loads) -> str:
     fit: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    loop: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     checks: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         fit[(row["variant"], row["workload"])][row["round"]] = row["fit_s"]
+        loop[(row["variant"], row["workload"])][row["round"]] = row["loop_s"]
         if "points" in row:
             checks[row["variant"]].append(row)
     lines = [
@@ -246,30 +270,36 @@ def table(rows, variants, workloads, rounds, delay_ms, long_runs, loads) -> str:
         f"proxy +{delay_ms:g} ms per request; load average during the run: {', '.join(loads)}",
         "",
         "| variant | " + " | ".join(f"{w}: fit s | {w}: ratio" for w in workloads)
-        + " | µs / step | ms / epoch | MLflow points: exactly once |",
-        "|---|" + "---:|---:|" * len(workloads) + "---:|---:|---|",
+        + " | µs / step | ms / epoch | outside the loop, ms | MLflow points: exactly once |",
+        "|---|" + "---:|---:|" * len(workloads) + "---:|---:|---:|---|",
     ]
     for variant in variants:
         cells = []
         deltas: dict[str, float] = {}
+        outside: list[float] = []
         for workload in workloads:
             mine, base = fit[(variant, workload)], fit[("none", workload)]
             ratios = [mine[r] / base[r] for r in mine if r in base]
             cells += [f"{statistics.median(mine.values()):.3f}", median_range(ratios)]
-            deltas[workload] = statistics.median(mine[r] - base[r] for r in mine if r in base)
-        per_step = per_epoch = "–"
+            in_loop, base_loop = loop[(variant, workload)], loop[("none", workload)]
+            deltas[workload] = statistics.median(in_loop[r] - base_loop[r] for r in in_loop if r in base_loop)
+            outside += [(mine[r] - in_loop[r]) - (base[r] - base_loop[r]) for r in mine if r in base]
+        per_step = per_epoch = end = "–"
         if variant != "none" and "steps" in deltas and "epochs" in deltas:
+            # the loop's own cost: setup before on_train_start and the end-of-fit flush are outside it
             steps1, epochs1 = WORKLOADS["steps"]
             steps2, epochs2 = WORKLOADS["epochs"]
             e = (deltas["epochs"] - deltas["steps"] * steps2 / steps1) / (epochs2 - epochs1 * steps2 / steps1)
             s = (deltas["steps"] - epochs1 * e) / steps1
             per_step, per_epoch = f"{s * 1e6:.1f}", f"{e * 1e3:.2f}"
+        if variant != "none" and outside:
+            end = f"{statistics.median(outside) * 1e3:.0f}"
         once = "–"
         if checks.get(variant):
             ok = all(r["dup"] == 0 and r["points"] == r["expected"] for r in checks[variant])
             once = ("yes" if ok else "NO") + " (" + ", ".join(
                 sorted({f"{r['points']}/{r['expected']}" for r in checks[variant]})) + ")"
-        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {per_step} | {per_epoch} | {once} |")
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {per_step} | {per_epoch} | {end} | {once} |")
     lines += ["", "Long runs: one epoch record written while metrics.json already holds N epochs "
               "(a GIL-bound loop of 20 ms per epoch stands in for the training thread):", "",
               "| N | training-thread ms / epoch | writer ms / epoch (fsync included) |", "|---:|---:|---:|"]
