@@ -2,10 +2,11 @@
 
     python bench/bench_overhead.py --rounds 5
 
-Three workloads, every (variant, workload) in a fresh process, variants
+Four workloads, every (variant, workload) in a fresh process, variants
 alternating (shuffled) within each round:
 
   steps    a one-layer model, batch 1: 800 steps in 2 epochs, log_every_n_steps=1
+  steps2   the same, 1,600 steps in 2 epochs
   epochs   the same model: 200 steps in 40 epochs
   anchor   the classification reference model, 5 epochs x 50 steps, every-step logging
 
@@ -23,12 +24,16 @@ Variants (each with Lightning's two ModelCheckpoints, best and last):
   csv           Lightning's CSVLogger
 
 From the medians of the per-round differences to ``none`` of the training
-loop's time (``on_train_start`` to ``on_train_end``, timed by the first
-callback) on the two micro workloads (d_steps = 800 s + 2 e, d_epochs = 200 s
-+ 40 e) the script solves for ``s``, the cost per step, and ``e``, the cost
-per epoch, on the training thread (wall time: background threads count as far
-as they take the GIL). What happens outside the loop (setup, the end-of-fit
-flush) is its own column: fit minus loop, against ``none``.
+thread's CPU time in the loop (``on_train_start`` to ``on_train_end``, timed
+by the first callback with ``time.thread_time``: wall time on a shared VM
+varies by more than the effect) on the three micro workloads (d_steps = F + 800 s + 2 e, d_steps2 =
+F + 1600 s + 2 e, d_epochs = F + 200 s + 40 e) the script solves for ``s``,
+the cost per step, ``e``, the cost per epoch, and ``F``, what the loop pays
+once, in CPU of the training thread itself. What the other threads (the
+record writer, the MLflow worker, the system sampler) spend in the loop is
+its own column: on a busy machine that CPU, and their GIL, come out of the
+training's share. Without steps2 it solves for s and e with F = 0. What happens outside the loop (setup, the
+end-of-fit flush) is its own column: fit minus loop, against ``none``.
 For the trackbridge variants it checks that MLflow holds every point of the
 local record exactly once. Then, in this process, the writer's cost per
 epoch when metrics.json already holds 10 and 5,000 epochs, and the machine's
@@ -52,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import count_points, linear_regressor, load_average, median_range, report, run_child, start_proxy, start_server, stop  # noqa: E402
 
 VARIANTS = ("none", "local", "full", "full_proxy", "full_media", "mlflow", "mlflow_async", "csv")
-WORKLOADS = {"steps": (800, 2), "epochs": (200, 40), "anchor": (250, 5)}
+WORKLOADS = {"steps": (800, 2), "steps2": (1600, 2), "epochs": (200, 40), "anchor": (250, 5)}
 
 
 # -- one training, in a fresh process ------------------------------------------
@@ -108,7 +113,8 @@ def child(variant: str, workload: str, uri: str | None, workdir: Path) -> dict:
     )
     start = time.perf_counter()
     trainer.fit(module, **fit_args)
-    result: dict = {"fit_s": time.perf_counter() - start, "loop_s": timer.loop_s,
+    result: dict = {"fit_s": time.perf_counter() - start, "loop_s": timer.loop_s, "loop_cpu_s": timer.loop_cpu_s,
+                    "background_cpu_s": timer.background_cpu_s,
                     "mlflow_run_id": None, "expected_points": None}
     if stack is not None and variant != "local":
         from trackbridge.mirror.backlog import record_points
@@ -124,15 +130,30 @@ def LoopTimer():
     import lightning.pytorch as pl
 
     class _LoopTimer(pl.Callback):
-        loop_s = 0.0
+        loop_s = loop_cpu_s = 0.0
+        background_cpu_s = 0.0  # CPU of every other thread of the process during the loop (the GIL they take)
 
         def on_train_start(self, trainer, pl_module) -> None:
-            self._start = time.perf_counter()
+            self._threads = _others_cpu()
+            self._start, self._cpu = time.perf_counter(), time.thread_time()
 
         def on_train_end(self, trainer, pl_module) -> None:
             self.loop_s = time.perf_counter() - self._start
+            self.loop_cpu_s = time.thread_time() - self._cpu
+            after = _others_cpu()
+            self.background_cpu_s = sum(cpu - self._threads.get(tid, 0.0) for tid, cpu in after.items())
 
     return _LoopTimer()
+
+
+def _others_cpu() -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of this process but the calling one."""
+    import threading
+
+    import psutil
+
+    me = threading.get_native_id()
+    return {t.id: t.user_time + t.system_time for t in psutil.Process().threads() if t.id != me}
 
 
 def _micro(per_epoch: int):
@@ -206,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="rounds; each runs every variant once [5]")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list of steps, epochs, anchor")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list of steps, steps2, epochs, anchor")
     parser.add_argument("--delay-ms", type=float, default=20.0, help="delay the proxy adds per request [20]")
     parser.add_argument("--json", metavar="PATH", help="also write every measurement to PATH")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -239,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
             for variant, workload in cases:
                 result = run_child(__file__, [variant, "--workload", workload, "--uri", uris.get(variant, "")], scratch)
                 row = {"round": round_index, "variant": variant, "workload": workload, "fit_s": result["fit_s"],
-                       "loop_s": result["loop_s"]}
+                       "loop_s": result["loop_s"], "loop_cpu_s": result["loop_cpu_s"],
+                       "background_cpu_s": result["background_cpu_s"]}
                 if result["mlflow_run_id"]:
                     row["points"], row["dup"] = count_points(client, result["mlflow_run_id"])
                     row["expected"] = result["expected_points"]
@@ -256,13 +278,30 @@ def main(argv: list[str] | None = None) -> None:
     print(table(rows, variants, workloads, args.rounds, args.delay_ms, long_runs, loads))
 
 
+def solve_costs(deltas: dict[str, float]) -> tuple[float, float, float]:
+    """(s per step, e per epoch, F once) from the loop-time differences of the micro workloads."""
+    (n1, m1), (n3, m3) = WORKLOADS["steps"], WORKLOADS["epochs"]
+    if "steps2" in deltas:
+        n2, m2 = WORKLOADS["steps2"]
+        assert m2 == m1
+        s = (deltas["steps2"] - deltas["steps"]) / (n2 - n1)
+        e = ((deltas["epochs"] - n3 * s) - (deltas["steps"] - n1 * s)) / (m3 - m1)
+        return s, e, deltas["steps"] - n1 * s - m1 * e
+    e = (deltas["epochs"] - deltas["steps"] * n3 / n1) / (m3 - m1 * n3 / n1)
+    return (deltas["steps"] - m1 * e) / n1, e, 0.0
+
+
 def table(rows, variants, workloads, rounds, delay_ms, long_runs, loads) -> str:
     fit: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     loop: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    loop_cpu: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     checks: dict[str, list[dict]] = defaultdict(list)
+    background: dict[str, list[float]] = defaultdict(list)
     for row in rows:
+        background[row["variant"]].append(row.get("background_cpu_s", 0.0))
         fit[(row["variant"], row["workload"])][row["round"]] = row["fit_s"]
         loop[(row["variant"], row["workload"])][row["round"]] = row["loop_s"]
+        loop_cpu[(row["variant"], row["workload"])][row["round"]] = row["loop_cpu_s"]
         if "points" in row:
             checks[row["variant"]].append(row)
     lines = [
@@ -270,8 +309,9 @@ def table(rows, variants, workloads, rounds, delay_ms, long_runs, loads) -> str:
         f"proxy +{delay_ms:g} ms per request; load average during the run: {', '.join(loads)}",
         "",
         "| variant | " + " | ".join(f"{w}: fit s | {w}: ratio" for w in workloads)
-        + " | µs / step | ms / epoch | outside the loop, ms | MLflow points: exactly once |",
-        "|---|" + "---:|---:|" * len(workloads) + "---:|---:|---:|---|",
+        + " | µs / step | ms / epoch | once in the loop, ms | outside the loop, ms | other threads' CPU in the loop, ms "
+        "| MLflow points: exactly once |",
+        "|---|" + "---:|---:|" * len(workloads) + "---:|---:|---:|---:|---:|---|",
     ]
     for variant in variants:
         cells = []
@@ -282,16 +322,15 @@ def table(rows, variants, workloads, rounds, delay_ms, long_runs, loads) -> str:
             ratios = [mine[r] / base[r] for r in mine if r in base]
             cells += [f"{statistics.median(mine.values()):.3f}", median_range(ratios)]
             in_loop, base_loop = loop[(variant, workload)], loop[("none", workload)]
-            deltas[workload] = statistics.median(in_loop[r] - base_loop[r] for r in in_loop if r in base_loop)
+            cpu, base_cpu = loop_cpu[(variant, workload)], loop_cpu[("none", workload)]
+            deltas[workload] = statistics.median(cpu[r] - base_cpu[r] for r in cpu if r in base_cpu)
             outside += [(mine[r] - in_loop[r]) - (base[r] - base_loop[r]) for r in mine if r in base]
-        per_step = per_epoch = end = "–"
+        per_step = per_epoch = once_in_loop = end = "–"
         if variant != "none" and "steps" in deltas and "epochs" in deltas:
             # the loop's own cost: setup before on_train_start and the end-of-fit flush are outside it
-            steps1, epochs1 = WORKLOADS["steps"]
-            steps2, epochs2 = WORKLOADS["epochs"]
-            e = (deltas["epochs"] - deltas["steps"] * steps2 / steps1) / (epochs2 - epochs1 * steps2 / steps1)
-            s = (deltas["steps"] - epochs1 * e) / steps1
+            s, e, fixed = solve_costs(deltas)
             per_step, per_epoch = f"{s * 1e6:.1f}", f"{e * 1e3:.2f}"
+            once_in_loop = f"{fixed * 1e3:.0f}" if "steps2" in deltas else "–"
         if variant != "none" and outside:
             end = f"{statistics.median(outside) * 1e3:.0f}"
         once = "–"
@@ -299,7 +338,8 @@ def table(rows, variants, workloads, rounds, delay_ms, long_runs, loads) -> str:
             ok = all(r["dup"] == 0 and r["points"] == r["expected"] for r in checks[variant])
             once = ("yes" if ok else "NO") + " (" + ", ".join(
                 sorted({f"{r['points']}/{r['expected']}" for r in checks[variant]})) + ")"
-        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {per_step} | {per_epoch} | {end} | {once} |")
+        others = f"{statistics.median(background[variant]) * 1e3:.0f}" if background[variant] else "–"
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {per_step} | {per_epoch} | {once_in_loop} | {end} | {others} | {once} |")
     lines += ["", "Long runs: one epoch record written while metrics.json already holds N epochs "
               "(a GIL-bound loop of 20 ms per epoch stands in for the training thread):", "",
               "| N | training-thread ms / epoch | writer ms / epoch (fsync included) |", "|---:|---:|---:|"]
