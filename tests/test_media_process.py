@@ -196,12 +196,14 @@ def test_close_that_cannot_wait_ends_a_stuck_render_process(tmp_path: Path, capl
 def test_a_run_without_media_never_waits_for_the_render_process_it_prepared(tmp_path: Path) -> None:
     media = RunMedia(tmp_path, failures=TrackingErrors())
     media.prepare()  # what the recorder does at the start of fit: the process imports its libraries
-    wait_until(lambda: render_workers(), 60, "the render process")
+    drawer = media.writer.drawer
+    # started and known to the drawer (Popen returned), while it still imports its libraries
+    wait_until(lambda: drawer.process is not None and drawer.process.alive, 60, "the render process")
     started = time.monotonic()
     assert media.flush(60) is True and media.close(60) is True  # no job: nothing to wait for
     assert time.monotonic() - started < 0.5  # not the seconds of its imports, nor its exit
     assert render_workers() == []
-    assert not media.writer.drawer.fell_back  # ended on purpose: a later job starts a new one
+    assert not drawer.fell_back  # ended on purpose: a later job starts a new one
 
 
 def test_a_figure_that_raises_in_the_render_process_is_reported_once_and_counted(
