@@ -55,6 +55,8 @@ TICK_S = 0.1
 #: At most this many unwritten step lines are kept while the disk refuses them (oldest dropped).
 MAX_PENDING_STEP_LINES = 200_000
 MAX_PENDING_EVENTS = 20_000
+#: While records keep coming, a written file waits at most this long for its fsync.
+MAX_UNSYNCED_S = 1.0
 
 RunChange = Callable[[dict[str, Any]], None]
 Listener = Callable[[Any], None]
@@ -185,7 +187,8 @@ class RecordWriter:
         self._pending_steps: list[str] = []
         self._pending_step_lines: list[dict[str, Any]] = []
         self._pending_events: list[dict[str, Any]] = []
-        self._unsynced: list[Path] = []  # written by this wave, fsync'd at its end
+        self._unsynced: list[Path] = []  # written since the last fsync
+        self._synced_at = 0.0
         self._pending_run: list[RunChange] = []
         self._pending_appends: list[tuple[str, Any, str | None]] = []
         self._next_beat = 0.0
@@ -326,7 +329,7 @@ class RecordWriter:
         appended = self._write_appends(wave.appends)
         # Visible first (all a SIGKILL needs), durable second: an fsync can wait on the
         # disk for other files' data (the checkpoints), and must not delay the renames.
-        self._sync_written()
+        self._sync_written(force=bool(wave.flushed) or self._closing)
         # the views follow the record: listeners get only what was written
         self._notify("steps", wrote_steps)
         for record in epochs:
@@ -458,14 +461,24 @@ class RecordWriter:
         self._pending_events = []
         self.outage.succeeded("events.jsonl")
 
-    def _sync_written(self) -> None:
-        """fsync the files this wave replaced or appended events to (steps and appends are never fsync'd)."""
-        for path in self._unsynced:
+    def _sync_written(self, force: bool) -> None:
+        """fsync the files replaced or appended to since the last sync (steps and appends are never fsync'd).
+
+        While more records already wait (the wake is set), they are written first and
+        synced with these, at most :data:`MAX_UNSYNCED_S` later: a slow fsync must not
+        hold the next epoch out of the files. A flush or the close always syncs.
+        """
+        if not self._unsynced:
+            return
+        if not force and self._wake.is_set() and time.monotonic() - self._synced_at < MAX_UNSYNCED_S:
+            return
+        for path in dict.fromkeys(self._unsynced):
             try:
                 fsync_file(path)
             except OSError as exc:
                 self.outage.failed(path.name, exc)
         self._unsynced = []
+        self._synced_at = time.monotonic()
 
     def _write_appends(self, appends: list[tuple[str, Any, str | None]]) -> list[tuple[str, Any, str | None]]:
         appends = self._pending_appends + appends
