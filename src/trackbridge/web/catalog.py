@@ -214,12 +214,8 @@ class RunCatalog:
         return data, FileInfo(len(data), 0.0, tag, tag)
 
     def _artifact_paths(self, mlflow_run_id: str, folder: str) -> list[str]:
-        client = self._mlflow_client()
-        paths, pending = [], [folder]
-        while pending:
-            for item in client.list_artifacts(mlflow_run_id, pending.pop()):
-                (pending if item.is_dir else paths).append(item.path)
-        return paths
+        # MLflow's image layout is flat: one listing, as sync --verify reads it
+        return [item.path for item in self._mlflow_client().list_artifacts(mlflow_run_id, folder) if not item.is_dir]
 
     def request_stop(self, run_id: str, requested_by: str) -> dict[str, Any]:
         """Ask a live run to stop at its next batch (writes the stop-request file: a POST's one write)."""
